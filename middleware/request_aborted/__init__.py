@@ -1,0 +1,41 @@
+"""ASP.NET Core's ``HttpContext.RequestAborted`` for ASGI: one cancellation token per request.
+
+The token fires when the client goes away, when the request overruns its time budget, or when the
+server shuts down; code that takes the token stops its database queries and outbound calls with it.
+"""
+
+from __future__ import annotations
+
+from ._context import current_token as current_token
+from ._context import request_aborted as request_aborted
+from ._deadline import DeadlineHeader as DeadlineHeader
+from ._exceptions import CancellationReason as CancellationReason
+from ._exceptions import CancellationRequested as CancellationRequested
+from ._exceptions import ClientDisconnected as ClientDisconnected
+from ._exceptions import DeadlineExceeded as DeadlineExceeded
+from ._exceptions import OperationCancelled as OperationCancelled
+from ._exceptions import RequestTimedOut as RequestTimedOut
+from ._exceptions import ServerShuttingDown as ServerShuttingDown
+from ._scope import CriticalSection as CriticalSection
+from ._scope import TokenScope as TokenScope
+from ._token import CancellationToken as CancellationToken
+from ._token import CancellationTokenSource as CancellationTokenSource
+from ._token import Registration as Registration
+
+__all__ = [
+    "CancellationReason",
+    "CancellationRequested",
+    "CancellationToken",
+    "CancellationTokenSource",
+    "ClientDisconnected",
+    "CriticalSection",
+    "DeadlineHeader",
+    "DeadlineExceeded",
+    "OperationCancelled",
+    "Registration",
+    "RequestTimedOut",
+    "ServerShuttingDown",
+    "TokenScope",
+    "current_token",
+    "request_aborted",
+]

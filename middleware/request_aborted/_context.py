@@ -1,0 +1,56 @@
+"""Where application code finds the current request's token.
+
+The middleware publishes the token in three places that suit different callers: the ASGI scope
+(``request_aborted(request)``, for code holding a ``Request``), a ``ContextVar``
+(``current_token()``, for code deep in a call stack, in tasks spawned by the handler and in sync
+endpoints running in the thread pool), and typed parameters (see ``_binding``). Reaching for any of
+them without the middleware is a set-up mistake, so it fails loudly and says how to fix it.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Final
+
+from starlette.requests import HTTPConnection
+
+from ._token import CancellationToken
+
+if TYPE_CHECKING:
+    from starlette.types import Scope
+
+__all__ = ["NOT_INSTALLED", "SCOPE_KEY", "current_token", "request_aborted", "scope_token"]
+
+SCOPE_KEY: Final = "request_aborted.token"
+NOT_INSTALLED: Final = (
+    "RequestAbortedMiddleware is not installed: add it with "
+    "app.add_middleware(RequestAbortedMiddleware), outermost, before anything that reads the body"
+)
+
+_current: ContextVar[CancellationToken] = ContextVar("request_aborted.current_token")
+
+
+def current_token() -> CancellationToken:
+    """Return the token of the request being handled in this context.
+
+    Raises ``RuntimeError`` outside a request handled by ``RequestAbortedMiddleware``; code that
+    also runs outside requests should take the token as a parameter instead.
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError(NOT_INSTALLED) from None
+
+
+def request_aborted(connection: HTTPConnection) -> CancellationToken:
+    """Return the token of ``connection`` (a Starlette ``Request`` or ``WebSocket``)."""
+    return scope_token(connection.scope)
+
+
+def scope_token(scope: Scope) -> CancellationToken:
+    """Return the token the middleware stored in an ASGI scope."""
+    try:
+        token: CancellationToken = scope[SCOPE_KEY]
+    except KeyError:
+        raise RuntimeError(NOT_INSTALLED) from None
+    return token

@@ -1,0 +1,92 @@
+"""Deadline headers: how a caller tells the next service how long it has left.
+
+Two wire formats are common. gRPC's ``grpc-timeout`` is an integer of at most eight digits and a
+unit letter (``H``, ``M``, ``S``, ``m``, ``u``, ``n``); Envoy-style headers such as
+``x-envoy-expected-rq-timeout-ms`` carry whole milliseconds. An inbound header may only shorten a
+request's budget, and a malformed one is ignored: a bad header from a client must never cost a 500.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = [
+    "DEFAULT_DEADLINE_HEADER",
+    "DeadlineHeader",
+    "format_grpc_timeout",
+    "format_milliseconds",
+    "parse_grpc_timeout",
+    "parse_milliseconds",
+]
+
+_GRPC_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_GRPC_MAX: Final = 99_999_999
+
+
+def parse_grpc_timeout(value: str) -> float | None:
+    """Seconds from a ``grpc-timeout`` value such as ``"250m"``; ``None`` when malformed."""
+    value = value.strip()
+    digits, unit = value[:-1], value[-1:]
+    if not (1 <= len(digits) <= 8 and digits.isascii() and digits.isdigit()):
+        return None
+    scale = _GRPC_UNITS.get(unit)
+    return None if scale is None else int(digits) * scale
+
+
+def format_grpc_timeout(seconds: float) -> str:
+    """The shortest exact-or-rounded-up ``grpc-timeout`` value for ``seconds``."""
+    seconds = max(0.0, seconds)
+    for unit, scale in (("m", 1e-3), ("S", 1.0), ("M", 60.0), ("H", 3600.0)):
+        amount = math.ceil(seconds / scale)
+        if amount <= _GRPC_MAX:
+            return f"{amount}{unit}"
+    return f"{_GRPC_MAX}H"
+
+
+def parse_milliseconds(value: str) -> float | None:
+    """Seconds from a whole or decimal number of milliseconds; ``None`` when malformed."""
+    try:
+        milliseconds = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(milliseconds) or milliseconds < 0:
+        return None
+    return milliseconds / 1000.0
+
+
+def format_milliseconds(seconds: float) -> str:
+    """Whole milliseconds, rounded down so the receiver never gets more time than is left."""
+    return str(max(0, math.floor(seconds * 1000.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineHeader:
+    """A header that carries the remaining budget, and its wire format.
+
+    ``DeadlineHeader.of("grpc-timeout")`` picks the gRPC format; any other name means milliseconds.
+    """
+
+    name: str
+    format: Literal["ms", "grpc"] = "ms"
+
+    @classmethod
+    def of(cls, header: str | DeadlineHeader) -> DeadlineHeader:
+        if isinstance(header, DeadlineHeader):
+            return header
+        name = header.lower()
+        return cls(name, "grpc" if name == "grpc-timeout" else "ms")
+
+    def parse(self, value: str) -> float | None:
+        """Seconds from a header value, or ``None`` when it is malformed."""
+        return parse_grpc_timeout(value) if self.format == "grpc" else parse_milliseconds(value)
+
+    def render(self, seconds: float) -> str:
+        """The header value for ``seconds`` left."""
+        if self.format == "grpc":
+            return format_grpc_timeout(seconds)
+        return format_milliseconds(seconds)
+
+
+DEFAULT_DEADLINE_HEADER: Final = DeadlineHeader("x-request-timeout-ms")

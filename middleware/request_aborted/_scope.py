@@ -1,0 +1,251 @@
+"""Binding a token to a block of code: ``token.scope()`` and ``token.critical_section()``.
+
+The scope is modelled on CPython's ``asyncio.timeouts.Timeout``: it records ``task.cancelling()``
+on entry, cancels the task when the token fires, and on exit converts only the cancellation it
+caused (``uncancel()`` brings the count back to where it was) into ``OperationCancelled``. Anyone
+else's cancellation - an outer ``task.cancel()``, ``asyncio.timeout``, an anyio cancel scope -
+passes through untouched.
+
+The task is always cancelled from a loop callback, never from inside the task itself: a token fired
+by the block's own code then interrupts the *next* await rather than leaving a stale pending
+cancellation behind if the block ends first. Tokens fired from other threads reach the loop through
+``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from ._exceptions import OperationCancelled
+
+if TYPE_CHECKING:
+    from ._token import CancellationToken, CancellationTokenSource, Registration
+
+__all__ = ["CriticalSection", "TokenScope"]
+
+
+class _State(enum.Enum):
+    CREATED = "created"
+    ENTERED = "active"
+    CANCELLING = "cancelling"
+    EXITED = "finished"
+
+
+# The innermost active scope of the running context; critical sections walk it outwards.
+_innermost: ContextVar[TokenScope | None] = ContextVar("request_aborted.scope", default=None)
+
+
+class TokenScope:
+    """Interrupts the enclosed block when its token fires; see ``CancellationToken.scope()``."""
+
+    __slots__ = (
+        "_cancelling",
+        "_caught",
+        "_context",
+        "_delay",
+        "_handle",
+        "_loop",
+        "_outer",
+        "_pending",
+        "_reason",
+        "_registration",
+        "_shields",
+        "_state",
+        "_task",
+        "_token",
+    )
+
+    def __init__(self, token: CancellationToken, *, delay: float | None = None) -> None:
+        self._token = token
+        self._delay = delay
+        self._state = _State.CREATED
+        self._task: asyncio.Task[object] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cancelling = 0
+        self._registration: Registration | None = None
+        self._handle: asyncio.Handle | None = None
+        self._reason: BaseException | None = None
+        self._outer: TokenScope | None = None
+        self._context: Token[TokenScope | None] | None = None
+        self._shields = 0
+        self._pending = False
+        self._caught = False
+
+    @property
+    def cancelled_caught(self) -> bool:
+        """Whether this scope interrupted its block (the name anyio uses for the same fact)."""
+        return self._caught
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.CREATED:
+            raise RuntimeError("a token scope can be entered only once")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("token.scope() must be used inside an asyncio task")
+        self._task = task
+        self._loop = task.get_loop()
+        self._cancelling = task.cancelling()
+        self._state = _State.ENTERED
+        source = self._token._source
+        if source is None:
+            return self
+        self._outer = _innermost.get()
+        self._context = _innermost.set(self)
+        self._registration = source.register(self._on_fire)
+        if self._state is _State.EXITED:  # the token had already fired: do not even start
+            self._release()
+            reason = self._reason
+            assert reason is not None
+            raise OperationCancelled(reason)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        state = self._state
+        self._state = _State.EXITED
+        self._release()
+        if state is not _State.CANCELLING:
+            return
+        assert self._task is not None and self._reason is not None
+        if (
+            self._task.uncancel() <= self._cancelling
+            and exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
+        ):
+            self._caught = True
+            raise OperationCancelled(self._reason) from exc
+
+    def _release(self) -> None:
+        registration, self._registration = self._registration, None
+        if registration is not None:
+            registration.unregister()
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+        context, self._context = self._context, None
+        if context is not None:
+            _innermost.reset(context)
+
+    def _on_fire(self, reason: BaseException) -> None:
+        # Runs in whichever thread fired the token, possibly inside this very task.
+        self._reason = reason
+        if self._state is _State.CREATED or self._task is None:
+            return
+        if self._registration is None and self._state is _State.ENTERED:
+            # Fired during register() in __aenter__: refuse to start the block at all.
+            self._state = _State.EXITED
+            return
+        loop = self._loop
+        assert loop is not None
+        try:
+            if asyncio._get_running_loop() is loop:
+                self._schedule()
+            else:
+                loop.call_soon_threadsafe(self._schedule)
+        except RuntimeError:  # the loop is closed; the block is long gone
+            pass
+
+    def _schedule(self) -> None:
+        if self._state is not _State.ENTERED or self._handle is not None:
+            return
+        loop = self._loop
+        assert loop is not None
+        if self._delay:
+            self._handle = loop.call_later(self._delay, self._interrupt)
+        else:
+            self._handle = loop.call_soon(self._interrupt)
+
+    def _interrupt(self) -> None:
+        self._handle = None
+        if self._state is not _State.ENTERED:
+            return
+        if self._shields:
+            self._pending = True
+            return
+        self._state = _State.CANCELLING
+        assert self._task is not None
+        self._task.cancel()
+
+    def _shield(self) -> None:
+        self._shields += 1
+
+    def _unshield(self) -> None:
+        self._shields -= 1
+        if self._shields == 0 and self._pending:
+            self._pending = False
+            loop = self._loop
+            assert loop is not None
+            if self._state is _State.ENTERED and self._handle is None:
+                self._handle = loop.call_soon(self._interrupt)
+
+    def __repr__(self) -> str:
+        return f"<TokenScope [{self._state.value}] token={self._token!r}>"
+
+
+class CriticalSection:
+    """Holds off the current task's token scopes; see ``CancellationToken.critical_section()``."""
+
+    __slots__ = ("_grace", "_grace_source", "_registration", "_shielded", "_token")
+
+    def __init__(self, token: CancellationToken, grace: float | None) -> None:
+        self._token = token
+        self._grace = grace
+        self._shielded: list[TokenScope] = []
+        self._grace_source: CancellationTokenSource | None = None
+        self._registration: Registration | None = None
+
+    async def __aenter__(self) -> CancellationToken:
+        from ._token import CancellationToken, CancellationTokenSource
+
+        task = asyncio.current_task()
+        scope = _innermost.get()
+        while scope is not None:
+            if scope._task is task and scope._state is _State.ENTERED:
+                scope._shield()
+                self._shielded.append(scope)
+            scope = scope._outer
+        if self._grace is None or self._token._source is None:
+            return CancellationToken.NONE
+        loop = asyncio.get_running_loop()
+        grace = self._grace
+        inner = self._grace_source = CancellationTokenSource()
+        inner.register(lambda _: loop.call_soon_threadsafe(self._lift))
+
+        def start_grace(reason: BaseException) -> None:
+            def arm() -> None:
+                inner.cancel_after(grace, reason)
+
+            if asyncio._get_running_loop() is loop:
+                arm()
+            else:
+                loop.call_soon_threadsafe(arm)
+
+        self._registration = self._token.register(start_grace)
+        return inner.token
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        registration, self._registration = self._registration, None
+        if registration is not None:
+            registration.unregister()
+        source, self._grace_source = self._grace_source, None
+        if source is not None:
+            source.close()
+        self._lift()
+
+    def _lift(self) -> None:
+        shielded, self._shielded = self._shielded, []
+        for scope in shielded:
+            scope._unshield()

@@ -1,0 +1,394 @@
+"""Cancellation tokens and their sources: .NET's model, spelled the Python way.
+
+A ``CancellationTokenSource`` is the part that decides; its ``CancellationToken`` is the read-only
+view handed to the code that does the work. Sources can be linked into trees: a child fires when any
+parent fires, with that parent's reason, so a handler can add a tighter timeout to the request's
+token without losing the information *why* the work stopped.
+
+The hot path matters: the middleware builds one source per HTTP request, and most requests finish
+without anyone looking at the token. So a source allocates its callback table, its token view and
+its timer only when something asks for them, and a single ``observer`` hook lets the middleware
+start watching the connection the first time application code shows interest in the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from ._exceptions import CancellationRequested, DeadlineExceeded, OperationCancelled, describe
+from ._scope import CriticalSection, TokenScope
+
+__all__ = ["CancellationToken", "CancellationTokenSource", "Registration"]
+
+Callback = Callable[[BaseException], object]
+
+
+class Registration:
+    """A callback registered on a token; unregister it when the work it guards is over.
+
+    Unregistering matters for long-lived tokens: a registration that is never removed keeps its
+    callback, and everything the callback refers to, alive for as long as the source lives.
+    """
+
+    __slots__ = ("_callback", "_source")
+
+    def __init__(self, source: CancellationTokenSource | None, callback: Callback) -> None:
+        self._source = source
+        self._callback = callback
+
+    def unregister(self) -> bool:
+        """Remove the callback; return ``True`` if it had not run and now never will."""
+        source = self._source
+        if source is None:
+            return False
+        self._source = None
+        with source._lock:
+            callbacks = source._callbacks
+            if callbacks is None:
+                return False
+            return callbacks.pop(self, False) is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.unregister()
+
+
+class CancellationTokenSource:
+    """Signals cancellation to every holder of its ``token``.
+
+    ``cancel()`` is idempotent and the first reason wins. ``timeout`` (seconds) arms a timer at
+    construction, as ``cancel_after()`` does later. Close the source (or use it as a context
+    manager) when the work is done: that stops its timer and unlinks it from its parents, which is
+    what keeps a long-lived parent from accumulating dead children.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_lock",
+        "_observer",
+        "_own_deadline",
+        "_parents",
+        "_reason",
+        "_timer",
+        "_token",
+    )
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self._reason: BaseException | None = None
+        # Registration -> None: an insertion-ordered set with O(1) removal. Created on first use.
+        self._callbacks: dict[Registration, None] | None = None
+        self._lock = threading.Lock()
+        self._observer: Callable[[], object] | None = None
+        self._own_deadline: float | None = None
+        self._parents: tuple[tuple[CancellationTokenSource, Registration], ...] = ()
+        self._timer: asyncio.TimerHandle | threading.Timer | None = None
+        self._token: CancellationToken | None = None
+        if timeout is not None:
+            self.cancel_after(timeout)
+
+    @classmethod
+    def linked(cls, *tokens: CancellationToken, timeout: float | None = None) -> Self:
+        """Create a source that fires when any of ``tokens`` fires, or after ``timeout``.
+
+        The child reports the reason of whichever fired first, and its deadline is the earliest of
+        its own and its parents'. Close it when done, or the parents keep it registered.
+        """
+        source = cls(timeout=timeout)
+        parents: list[tuple[CancellationTokenSource, Registration]] = []
+        for token in tokens:
+            parent = token._source
+            if parent is None:
+                continue
+            parents.append((parent, parent.register(source._cancel_from_parent)))
+            if source._reason is not None:
+                break
+        source._parents = tuple(parents)
+        return source
+
+    @property
+    def token(self) -> CancellationToken:
+        """The read-only token to hand to the code that should stop when this source fires."""
+        token = self._token
+        if token is None:
+            token = self._token = CancellationToken(self)
+        return token
+
+    @property
+    def is_cancellation_requested(self) -> bool:
+        """Whether the source has fired, without counting as an observer of the token."""
+        return self._reason is not None
+
+    @property
+    def reason(self) -> BaseException | None:
+        """The reason the source fired with, or ``None``; does not count as observing the token."""
+        return self._reason
+
+    @property
+    def registrations(self) -> int:
+        """How many callbacks are registered and not yet run: a leak shows up here first."""
+        callbacks = self._callbacks
+        return 0 if callbacks is None else len(callbacks)
+
+    @property
+    def deadline(self) -> float | None:
+        """When the source fires by itself at the latest, in ``time.monotonic()`` seconds."""
+        deadline = self._own_deadline
+        for parent, _ in self._parents:
+            theirs = parent.deadline
+            if theirs is not None and (deadline is None or theirs < deadline):
+                deadline = theirs
+        return deadline
+
+    def cancel(self, reason: BaseException | str | None = None) -> None:
+        """Fire the token; later calls do nothing.
+
+        Callbacks run here, in the calling thread, in the order they were registered. One that
+        raises does not stop the others: their exceptions are raised together afterwards as an
+        exception group.
+        """
+        if self._reason is not None:
+            return
+        if reason is None:
+            reason = CancellationRequested()
+        elif isinstance(reason, str):
+            reason = CancellationRequested(reason)
+        with self._lock:
+            if self._reason is not None:
+                return
+            self._reason = reason
+            callbacks, self._callbacks = self._callbacks, None
+        self._stop_timer()
+        self._unlink()
+        if not callbacks:
+            return
+        errors: list[BaseException] = []
+        for registration in callbacks:
+            registration._source = None
+            try:
+                registration._callback(reason)
+            except BaseException as exc:  # collected, raised together below
+                errors.append(exc)
+        if errors:
+            raise BaseExceptionGroup("cancellation callbacks raised", errors)
+
+    def cancel_after(self, seconds: float | None, reason: BaseException | None = None) -> None:
+        """(Re)arm the timer to fire in ``seconds``; ``None`` disarms it.
+
+        The reason defaults to ``DeadlineExceeded(seconds)``. With a running event loop the timer
+        lives on the loop (call this from the loop's thread); without one, on a timer thread.
+        """
+        if self._reason is not None:
+            return
+        self._stop_timer()
+        if seconds is None:
+            self._own_deadline = None
+            return
+        if reason is None:
+            reason = DeadlineExceeded(seconds)
+        self._own_deadline = time.monotonic() + seconds
+        if seconds <= 0:
+            self.cancel(reason)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            timer = threading.Timer(seconds, self.cancel, (reason,))
+            timer.daemon = True
+            self._timer = timer
+            timer.start()
+        else:
+            self._timer = loop.call_later(seconds, self.cancel, reason)
+
+    def close(self) -> None:
+        """Stop the timer and unlink from the parents; the token keeps its current state."""
+        self._stop_timer()
+        self._unlink()
+
+    def register(self, callback: Callback) -> Registration:
+        """Register ``callback(reason)``; it runs at once, here, if the source already fired."""
+        if self._observer is not None:
+            self._notify_observer()
+        registration = Registration(self, callback)
+        with self._lock:
+            if self._reason is None:
+                callbacks = self._callbacks
+                if callbacks is None:
+                    callbacks = self._callbacks = {}
+                callbacks[registration] = None
+                return registration
+        registration._source = None
+        callback(self._reason)
+        return registration
+
+    def _cancel_from_parent(self, reason: BaseException) -> None:
+        self.cancel(reason)
+
+    def _notify_observer(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer()
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _unlink(self) -> None:
+        parents, self._parents = self._parents, ()
+        for _, registration in parents:
+            registration.unregister()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {_state(self)}>"
+
+
+class CancellationToken:
+    """A read-only view of a source: observe it, never fire it.
+
+    ``CancellationToken.NONE`` is the token that can never be cancelled, for callers that have no
+    reason to stop (pass it deliberately, not "just for now").
+    """
+
+    __slots__ = ("_source",)
+
+    NONE: ClassVar[CancellationToken]
+
+    def __init__(self, source: CancellationTokenSource | None) -> None:
+        self._source = source
+
+    @property
+    def is_cancellation_requested(self) -> bool:
+        """Whether the token has fired."""
+        source = self._source
+        if source is None:
+            return False
+        if source._observer is not None:
+            source._notify_observer()
+        return source._reason is not None
+
+    @property
+    def can_be_cancelled(self) -> bool:
+        """Whether the token can ever fire (``False`` only for ``CancellationToken.NONE``)."""
+        return self._source is not None
+
+    @property
+    def reason(self) -> BaseException | None:
+        """Why the token fired, or ``None`` while it has not."""
+        source = self._source
+        if source is None:
+            return None
+        if source._observer is not None:
+            source._notify_observer()
+        return source._reason
+
+    @property
+    def deadline(self) -> float | None:
+        """When the token fires by itself at the latest, in ``time.monotonic()`` seconds."""
+        source = self._source
+        return None if source is None else source.deadline
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (never negative), or ``None`` without a deadline."""
+        deadline = self.deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def raise_if_cancellation_requested(self) -> None:
+        """Raise ``OperationCancelled`` with the reason if the token fired; safe from any thread."""
+        reason = self.reason
+        if reason is not None:
+            raise OperationCancelled(reason)
+
+    def register(self, callback: Callback) -> Registration:
+        """Call ``callback(reason)`` when the token fires, in the thread that fires it.
+
+        If the token has already fired the callback runs at once, before this returns. Keep the
+        callback short and non-blocking; to resume a coroutine use ``wait()`` or ``scope()``.
+        """
+        source = self._source
+        if source is None:
+            return Registration(None, callback)
+        return source.register(callback)
+
+    async def wait(self) -> BaseException:
+        """Wait until the token fires and return the reason (forever for ``NONE``)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[BaseException] = loop.create_future()
+        with self.register(lambda reason: _resolve_soon(loop, waiter, reason)):
+            return await waiter
+
+    def scope(self) -> TokenScope:
+        """Interrupt the enclosed block at its next ``await`` once the token fires.
+
+        ``async with token.scope():`` raises ``OperationCancelled`` carrying the reason when the
+        token interrupted the block. Cancellations it did not cause (an outer ``task.cancel()``,
+        ``asyncio.timeout``, an anyio cancel scope) pass through untouched.
+        """
+        return TokenScope(self)
+
+    def critical_section(self, grace: float | None = None) -> CriticalSection:
+        """Protect point-of-no-return work (a commit, a payment capture) from this token.
+
+        Inside ``async with token.critical_section() as inner:`` the enclosing ``scope()`` blocks
+        of the current task do not interrupt awaits; an interruption that comes due is delivered
+        when the section ends. With ``grace`` the protection lasts at most that many seconds after
+        the token fired. Pass ``inner`` to the work inside: it is ``NONE`` without a grace period,
+        or a token that fires when the grace period runs out.
+        """
+        return CriticalSection(self, grace)
+
+    def __repr__(self) -> str:
+        source = self._source
+        return f"<CancellationToken {'none' if source is None else _state(source)}>"
+
+
+CancellationToken.NONE = CancellationToken(None)
+
+
+def _state(source: CancellationTokenSource) -> str:
+    reason = source._reason
+    if reason is not None:
+        return f"[cancelled] reason={describe(reason)}"
+    deadline = source.deadline
+    if deadline is None:
+        return "[active]"
+    return f"[active] remaining={max(0.0, deadline - time.monotonic()):.3f}s"
+
+
+def _resolve_soon(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], value: Any) -> None:
+    """Complete ``waiter`` on its own loop, whichever thread fired the token."""
+    if asyncio._get_running_loop() is loop:
+        if not waiter.done():
+            waiter.set_result(value)
+        return
+    with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting any more
+        loop.call_soon_threadsafe(_set_result_unless_done, waiter, value)
+
+
+def _set_result_unless_done(waiter: asyncio.Future[Any], value: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(value)

@@ -1,0 +1,1 @@
+"""Placeholder: the PostgreSQL fixture arrives with the SQLAlchemy integration."""

@@ -1,0 +1,1 @@
+"""Placeholder: real server-process fixtures arrive with the middleware's end-to-end tests."""
