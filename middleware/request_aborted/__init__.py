@@ -16,26 +16,34 @@ from ._exceptions import DeadlineExceeded as DeadlineExceeded
 from ._exceptions import OperationCancelled as OperationCancelled
 from ._exceptions import RequestTimedOut as RequestTimedOut
 from ._exceptions import ServerShuttingDown as ServerShuttingDown
+from ._middleware import AbortHook as AbortHook
+from ._middleware import RequestAbortedMiddleware as RequestAbortedMiddleware
 from ._scope import CriticalSection as CriticalSection
 from ._scope import TokenScope as TokenScope
+from ._timeouts import TimeoutPolicy as TimeoutPolicy
+from ._timeouts import request_timeout as request_timeout
 from ._token import CancellationToken as CancellationToken
 from ._token import CancellationTokenSource as CancellationTokenSource
 from ._token import Registration as Registration
 
 __all__ = [
+    "AbortHook",
     "CancellationReason",
     "CancellationRequested",
     "CancellationToken",
     "CancellationTokenSource",
     "ClientDisconnected",
     "CriticalSection",
-    "DeadlineHeader",
     "DeadlineExceeded",
+    "DeadlineHeader",
     "OperationCancelled",
     "Registration",
+    "RequestAbortedMiddleware",
     "RequestTimedOut",
     "ServerShuttingDown",
+    "TimeoutPolicy",
     "TokenScope",
     "current_token",
     "request_aborted",
+    "request_timeout",
 ]

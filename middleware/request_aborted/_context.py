@@ -10,7 +10,7 @@ them without the middleware is a set-up mistake, so it fails loudly and says how
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from starlette.requests import HTTPConnection
 
@@ -19,7 +19,15 @@ from ._token import CancellationToken
 if TYPE_CHECKING:
     from starlette.types import Scope
 
-__all__ = ["NOT_INSTALLED", "SCOPE_KEY", "current_token", "request_aborted", "scope_token"]
+__all__ = [
+    "NOT_INSTALLED",
+    "SCOPE_KEY",
+    "RequestContext",
+    "current_request",
+    "current_token",
+    "request_aborted",
+    "scope_token",
+]
 
 SCOPE_KEY: Final = "request_aborted.token"
 NOT_INSTALLED: Final = (
@@ -27,19 +35,37 @@ NOT_INSTALLED: Final = (
     "app.add_middleware(RequestAbortedMiddleware), outermost, before anything that reads the body"
 )
 
-_current: ContextVar[CancellationToken] = ContextVar("request_aborted.current_token")
+
+
+class RequestContext(Protocol):
+    """What the middleware publishes per request: the token, and the knob timeouts turn."""
+
+    @property
+    def token(self) -> CancellationToken: ...
+
+    def set_timeout(self, timeout: float | str | None) -> None: ...
+
+
+# One variable for the whole request keeps the per-request cost to a single set/reset.
+current: ContextVar[RequestContext] = ContextVar("request_aborted.request")
+
+
+def current_request() -> RequestContext:
+    """Return the request being handled in this context, or fail with set-up advice."""
+    try:
+        return current.get()
+    except LookupError:
+        raise RuntimeError(NOT_INSTALLED) from None
 
 
 def current_token() -> CancellationToken:
     """Return the token of the request being handled in this context.
 
+    Works in the handler, in tasks it spawns and in sync endpoints running in the thread pool.
     Raises ``RuntimeError`` outside a request handled by ``RequestAbortedMiddleware``; code that
     also runs outside requests should take the token as a parameter instead.
     """
-    try:
-        return _current.get()
-    except LookupError:
-        raise RuntimeError(NOT_INSTALLED) from None
+    return current_request().token
 
 
 def request_aborted(connection: HTTPConnection) -> CancellationToken:

@@ -1,0 +1,234 @@
+"""One request's connection to the server: the single owner of ``receive``, a watcher on ``send``.
+
+Servers report a vanished client only through ``receive()``. Reading it ourselves is full of traps
+(../shared/HAZARDS.md): a reader that drops messages steals the body, a second reader races the app,
+hypercorn hands ``http.disconnect`` to one caller only, uvicorn answers every later call at once.
+So the channel is the only code that ever calls the server's ``receive``:
+
+* While nobody has looked at the token, the app's own ``receive()`` calls go straight to the server
+  (one at a time) and the channel merely notes what passes: no task, no buffer.
+* The first time application code observes the token, the channel starts a *pump* task that keeps
+  one read outstanding, so a disconnect is seen even while the handler is busy elsewhere. Body
+  chunks the pump reads are queued, in order and bounded, for the app's next ``receive()``.
+* A disconnect is remembered and answered to every later ``receive()``, waking all readers.
+* A disconnect (or a ``send`` that fails with ``OSError``) before the response completed fires the
+  token with ``ClientDisconnected``; one after it is just the server saying "done".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ._exceptions import ClientDisconnected
+
+if TYPE_CHECKING:
+    from starlette.types import Message, Receive, Send
+
+    from ._token import CancellationTokenSource
+
+__all__ = ["RequestChannel"]
+
+logger = logging.getLogger("request_aborted")
+
+_DISCONNECT_TYPES = frozenset({"http.disconnect", "websocket.disconnect"})
+
+
+class RequestChannel:
+    """Owns ``receive`` and watches ``send`` for one request; see the module docstring."""
+
+    __slots__ = (
+        "_buffer",
+        "_buffered",
+        "_disconnect",
+        "_loop",
+        "_max_buffer",
+        "_pump",
+        "_pump_error",
+        "_pump_wakeup",
+        "_reading",
+        "_receive",
+        "_send",
+        "_trailers",
+        "_waiters",
+        "completed",
+        "source",
+        "started",
+    )
+
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        source: CancellationTokenSource,
+        loop: asyncio.AbstractEventLoop,
+        max_buffer: int,
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self.source = source
+        self._loop = loop
+        self._max_buffer = max_buffer
+        self.started = False
+        self.completed = False
+        self._trailers = False
+        self._disconnect: Message | None = None
+        self._buffer: deque[Message] | None = None
+        self._buffered = 0
+        self._reading = False  # a server receive() is outstanding, on behalf of the app
+        self._pump: asyncio.Task[None] | None = None
+        self._pump_error: BaseException | None = None
+        self._pump_wakeup: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    # -- receive ---------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        while True:
+            buffer = self._buffer
+            if buffer:
+                message = buffer.popleft()
+                self._buffered -= len(message.get("body", b""))
+                self._wake_pump()
+                return message
+            if self._disconnect is not None:
+                return self._disconnect
+            if self._pump_error is not None:
+                error, self._pump_error = self._pump_error, None
+                raise error
+            if self._pump is None and not self._reading:
+                return await self._read_directly()
+            await self._wait_for_news()
+
+    async def _read_directly(self) -> Message:
+        self._reading = True
+        try:
+            message = await self._receive()
+        finally:
+            self._reading = False
+            self._wake_pump()
+            self._wake_waiters()
+        self._note(message)
+        return message
+
+    def _note(self, message: Message) -> None:
+        if message["type"] in _DISCONNECT_TYPES and self._disconnect is None:
+            self._disconnect = message
+            if not self.completed:
+                self.fire(ClientDisconnected())
+
+    def fire(self, reason: BaseException) -> None:
+        """Cancel the request's source; a failing user callback is logged, not raised here."""
+        try:
+            self.source.cancel(reason)
+        except BaseException:  # never let a user callback break the protocol flow
+            logger.exception("a cancellation callback raised while the request was aborted")
+
+    async def _wait_for_news(self) -> None:
+        waiter = self._loop.create_future()
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = []
+        waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # -- the pump ----------------------------------------------------------------------------
+
+    def observed(self) -> None:
+        """The token's observer hook: start watching, from whichever thread looked first."""
+        if asyncio._get_running_loop() is self._loop:
+            self._start_pump()
+        else:
+            self._loop.call_soon_threadsafe(self._start_pump)
+
+    def _start_pump(self) -> None:
+        if self._pump is None and self._disconnect is None and not self.completed:
+            self._pump = self._loop.create_task(self._run_pump())
+
+    async def _run_pump(self) -> None:
+        try:
+            while self._disconnect is None:
+                if self._reading or self._buffered >= self._max_buffer:
+                    # The app is mid-read, or has not drained what we hold: wait for it.
+                    self._pump_wakeup = self._loop.create_future()
+                    await self._pump_wakeup
+                    continue
+                message = await self._receive()
+                if message["type"] not in _DISCONNECT_TYPES:
+                    if self._buffer is None:
+                        self._buffer = deque()
+                    self._buffer.append(message)
+                    self._buffered += len(message.get("body", b""))
+                self._note(message)
+                self._wake_waiters()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # surfaces from the app's next receive(), not at teardown
+            self._pump_error = exc
+            self._wake_waiters()
+
+    def _wake_pump(self) -> None:
+        wakeup, self._pump_wakeup = self._pump_wakeup, None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def close(self) -> None:
+        """Stop the pump; awaited so no task outlives the request."""
+        pump, self._pump = self._pump, None
+        if pump is None:
+            return
+        if not pump.done():
+            pump.cancel()
+        try:
+            await pump
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our own request is being cancelled: keep that going
+
+    # -- send --------------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+            self._trailers = message.get("trailers", False)
+        elif kind == "http.response.body" or kind == "http.response.zerocopysend":
+            if not message.get("more_body", False) and not self._trailers:
+                self._complete()
+        elif kind == "http.response.trailers":
+            if not message.get("more_trailers", False):
+                self._complete()
+        elif kind == "http.response.pathsend":
+            self._complete()
+        elif kind == "websocket.accept":
+            self.started = True
+        elif kind == "websocket.close":
+            self.started = True
+            self._complete()
+        try:
+            await self._send(message)
+        except OSError:
+            # ASGI 2.4: the server reports a closed connection by raising from send().
+            self.fire(ClientDisconnected())
+            raise
+
+    def _complete(self) -> None:
+        # Mark completion *before* the server sees the last message: while handling it the server
+        # may wake a pending receive() with http.disconnect, which then means "done", not "gone".
+        self.completed = True
+        if self.source._timer is not None:
+            self.source.cancel_after(None)  # a finished response can no longer time out
