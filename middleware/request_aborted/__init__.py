@@ -6,6 +6,7 @@ server shuts down; code that takes the token stops its database queries and outb
 
 from __future__ import annotations
 
+from ._binding import inject as inject
 from ._context import current_token as current_token
 from ._context import request_aborted as request_aborted
 from ._deadline import DeadlineHeader as DeadlineHeader
@@ -44,6 +45,7 @@ __all__ = [
     "TimeoutPolicy",
     "TokenScope",
     "current_token",
+    "inject",
     "request_aborted",
     "request_timeout",
 ]
