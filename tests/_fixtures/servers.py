@@ -47,7 +47,7 @@ class ServerProcess:
         return self.output.read_text(errors="replace")
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-        """Wait until the output matches ``pattern``; fail with the whole output if it never does."""
+        """Wait until the output matches ``pattern``; fail with all the output if it never does."""
         deadline = time.monotonic() + timeout
         while True:
             match = re.search(pattern, self.log())

@@ -81,7 +81,9 @@ def test_socket_closed_while_handler_works_fires_the_token(
 
 
 @pytest.mark.parametrize(("server_name", "http"), HTTP1_SERVERS)
-def test_socket_closed_mid_upload_fires_the_token(serve: Serve, server_name: str, http: str) -> None:
+def test_socket_closed_mid_upload_fires_the_token(
+    serve: Serve, server_name: str, http: str
+) -> None:
     server = serve("tests.e2e.apps.watch:app", server=server_name, http=http)
     client = socket.create_connection(("127.0.0.1", server.port))
     client.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 10000000\r\n\r\n")

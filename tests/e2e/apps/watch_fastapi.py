@@ -22,12 +22,11 @@ events: list[dict[str, Any]] = []
 @app.get("/slow")
 async def slow(token: RequestAborted) -> dict[str, str]:
     events.append({"path": "/slow", "event": "started", "at": time.monotonic()})
-    token.register(
-        lambda reason: events.append(
-            {"path": "/slow", "event": "fired", "reason": type(reason).__name__,
-             "at": time.monotonic()}
-        )  # fmt: skip
-    )
+    def fired(reason: BaseException) -> None:
+        event = {"path": "/slow", "event": "fired", "reason": type(reason).__name__}
+        events.append({**event, "at": time.monotonic()})
+
+    token.register(fired)
     async with token.scope():
         await asyncio.sleep(30)
     return {"status": "finished"}
