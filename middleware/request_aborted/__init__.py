@@ -6,6 +6,7 @@ server shuts down; code that takes the token stops its database queries and outb
 
 from __future__ import annotations
 
+from ._background import BackgroundService as BackgroundService
 from ._binding import inject as inject
 from ._context import current_token as current_token
 from ._context import request_aborted as request_aborted
@@ -17,6 +18,7 @@ from ._exceptions import DeadlineExceeded as DeadlineExceeded
 from ._exceptions import OperationCancelled as OperationCancelled
 from ._exceptions import RequestTimedOut as RequestTimedOut
 from ._exceptions import ServerShuttingDown as ServerShuttingDown
+from ._lifetime import ApplicationLifetime as ApplicationLifetime
 from ._middleware import AbortHook as AbortHook
 from ._middleware import RequestAbortedMiddleware as RequestAbortedMiddleware
 from ._scope import CriticalSection as CriticalSection
@@ -29,6 +31,8 @@ from ._token import Registration as Registration
 
 __all__ = [
     "AbortHook",
+    "ApplicationLifetime",
+    "BackgroundService",
     "CancellationReason",
     "CancellationRequested",
     "CancellationToken",

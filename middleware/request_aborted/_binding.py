@@ -2,7 +2,8 @@
 
 Starlette calls an endpoint with the request alone. ``@inject`` reads the endpoint's signature once
 and, per call, passes the request to a parameter annotated ``Request`` (or named ``request``), the
-request's token to one annotated ``CancellationToken``, and path parameters by name. The token
+request's token to one annotated ``CancellationToken``, the ``ApplicationLifetime`` to one annotated
+so, and path parameters by name. The token
 stays visible in the handler's signature, where the checker and the reader expect it.
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 
 from starlette.requests import HTTPConnection, Request
 
-from ._context import scope_token
+from ._context import LIFETIME_KEY, scope_token
+from ._lifetime import ApplicationLifetime
 from ._token import CancellationToken
 
 __all__ = ["inject"]
@@ -71,6 +73,8 @@ def _resolvers(endpoint: Callable[..., Any]) -> list[tuple[str, _Resolver]]:
 def _resolver(name: str, hint: Any, parameter: inspect.Parameter) -> _Resolver:
     if _is(hint, CancellationToken):
         return _token
+    if _is(hint, ApplicationLifetime):
+        return _lifetime
     if _is(hint, HTTPConnection) or (hint is None and name == "request"):
         return _request
     default = parameter.default
@@ -94,6 +98,16 @@ def _is(hint: Any, cls: type) -> bool:
 
 def _token(request: Request) -> CancellationToken:
     return scope_token(request.scope)
+
+
+def _lifetime(request: Request) -> ApplicationLifetime:
+    lifetime: ApplicationLifetime | None = request.scope.get("state", {}).get(LIFETIME_KEY)
+    if lifetime is None:
+        raise RuntimeError(
+            "no ApplicationLifetime: wrap the app's lifespan with "
+            "Starlette(lifespan=lifetime.lifespan(your_lifespan))"
+        )
+    return lifetime
 
 
 def _request(request: Request) -> Request:

@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 SCOPE_KEY: Final = "request_aborted.token"
+LIFETIME_KEY: Final = "request_aborted.lifetime"  # in the lifespan state, so in every scope["state"]
 NOT_INSTALLED: Final = (
     "RequestAbortedMiddleware is not installed: add it with "
     "app.add_middleware(RequestAbortedMiddleware), outermost, before anything that reads the body"

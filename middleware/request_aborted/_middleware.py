@@ -46,8 +46,9 @@ class RequestAbortedMiddleware:
       that may shorten, never lengthen, a request's budget. Off by default.
     * ``enforce_after``: seconds after the token fired at which a handler that still runs is
       cancelled outright and named in a WARNING. Off by default: cancellation is cooperative.
-    * ``shutdown``: a token (usually ``ApplicationLifetime``'s) whose firing ends every request
-      still running with ``ServerShuttingDown``.
+    * ``shutdown``: a token whose firing ends every request still running with
+      ``ServerShuttingDown``. Defaults to ``grace_expired`` of the ``ApplicationLifetime`` found
+      in the lifespan state, when the app's lifespan is wrapped by one.
     * ``on_abort``: called once per aborted request; its errors are logged, never raised.
     * ``max_buffer``: body bytes read ahead while watching for a disconnect before reading pauses
       until the app catches up (backpressure).
@@ -67,8 +68,11 @@ class RequestAbortedMiddleware:
         max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
         self.app = app
+        # Timeouts given as plain numbers answer with timeout_status; a TimeoutPolicy names its own.
         self.policies = {
-            name: policy if isinstance(policy, TimeoutPolicy) else TimeoutPolicy(policy)
+            name: policy
+            if isinstance(policy, TimeoutPolicy)
+            else TimeoutPolicy(policy, timeout_status)
             for name, policy in (policies or {}).items()
         }
         self.timeout_status = timeout_status
@@ -131,8 +135,13 @@ class _Request:
             self._read_deadline_headers()
         if config.default_policy.timeout is not None or self._header_deadline is not None:
             self._arm(config.default_policy, config.default_policy_name)
-        if config.shutdown is not None:
-            self._registration = config.shutdown.register(self._shutting_down)
+        shutdown = config.shutdown
+        if shutdown is None and "state" in scope:
+            lifetime = scope["state"].get(_context.LIFETIME_KEY)
+            if lifetime is not None:
+                shutdown = lifetime.grace_expired
+        if shutdown is not None:
+            self._registration = shutdown.register(self._shutting_down)
 
     async def run(self) -> None:
         config, channel, source = self.config, self.channel, self.source
@@ -158,6 +167,9 @@ class _Request:
                     config.enforce_after,
                 )
         finally:
+            # Code that looks at the token after the request (a task it spawned, a test) must not
+            # start a pump on a connection the server now owns, maybe on a loop already closed.
+            source._observer = None
             registration, self._registration = self._registration, None
             if registration is not None:
                 registration.unregister()
@@ -196,9 +208,11 @@ class _Request:
     def _arm(self, policy: TimeoutPolicy, name: str | None) -> None:
         deadline = None if policy.timeout is None else self.started_at + policy.timeout
         timeout, status = policy.timeout, policy.status_code
+        if name is None:  # a plain number, not a named policy
+            status = self.config.timeout_status
         header = self._header_deadline
         if header is not None and (deadline is None or header < deadline):
-            deadline, timeout, status = header, header - self.started_at, 504
+            deadline, timeout, status = header, header - self.started_at, self.config.timeout_status
             name = "deadline-header"
         self._status = status
         if deadline is None:

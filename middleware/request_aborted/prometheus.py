@@ -54,5 +54,5 @@ def route_of(scope: Scope) -> str:
     route = scope.get("route")
     template = getattr(route, "path", None)
     if isinstance(template, str):
-        return scope.get("root_path", "") + template
+        return str(scope.get("root_path", "")) + template
     return str(scope.get("path", ""))

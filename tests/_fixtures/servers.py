@@ -71,14 +71,16 @@ class ServerProcess:
         return self.process.returncode
 
 
-def server_command(app: str, server: str, http: str, port: int) -> list[str]:
+def server_command(
+    app: str, server: str, http: str, port: int, extra: Sequence[str] = ()
+) -> list[str]:
     if server == "uvicorn":
         return [
             sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-            "--http", http, "--no-access-log", "--lifespan", "on",
+            "--http", http, "--no-access-log", "--lifespan", "on", *extra,
         ]  # fmt: skip
     if server == "hypercorn":
-        return [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
+        return [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}", *extra]
     raise ValueError(f"unknown server {server!r}")
 
 
@@ -90,11 +92,12 @@ def start_server(
     http: str = "h11",
     env: dict[str, str] | None = None,
     command: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
     ready_timeout: float = 20.0,
 ) -> ServerProcess:
     """Start ``app`` (``module:attribute``) and wait until it accepts connections."""
     port = free_port()
-    argv = list(command) if command is not None else server_command(app, server, http, port)
+    argv = list(command) if command is not None else server_command(app, server, http, port, extra)
     argv = [part.replace("{port}", str(port)) for part in argv]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
     with output.open("wb") as sink:

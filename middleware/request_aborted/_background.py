@@ -1,0 +1,106 @@
+"""Background services: .NET's ``BackgroundService.ExecuteAsync(stoppingToken)`` for ASGI apps.
+
+"Graceful shutdown is boring until a service refuses to stop." Each service runs in a task the
+lifetime owns, with its own token linked to ``stopping``. At shutdown the token fires and the
+service gets ``stop_timeout`` seconds to return; one that ignores its token is named in a WARNING
+and then cancelled, so it cannot hold the process hostage. An unhandled exception is logged with
+its traceback and, as in .NET 6 and later, stops the host unless the service opts out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from ._exceptions import OperationCancelled
+from ._token import CancellationToken, CancellationTokenSource
+
+if TYPE_CHECKING:
+    from ._lifetime import ApplicationLifetime
+
+__all__ = ["BackgroundService", "ServiceRunner"]
+
+logger = logging.getLogger("request_aborted.lifetime")
+
+
+class BackgroundService(ABC):
+    """Subclass and implement ``execute``; register with ``lifetime.add_service(service)``.
+
+    * ``stop_timeout``: seconds the service gets once its token fired (``None``: the lifetime's).
+    * ``stop_host_on_error``: whether an unhandled exception shuts the application down.
+    """
+
+    stop_timeout: ClassVar[float | None] = None
+    stop_host_on_error: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @abstractmethod
+    async def execute(self, stopping_token: CancellationToken) -> None:
+        """Do the service's work until ``stopping_token`` fires, then return promptly."""
+
+
+class ServiceRunner:
+    """Starts, watches and stops the background services of one application run."""
+
+    def __init__(
+        self,
+        services: Sequence[BackgroundService],
+        stopping: CancellationToken,
+        lifetime: ApplicationLifetime,
+    ) -> None:
+        self._services = services
+        self._stopping = stopping
+        self._lifetime = lifetime
+        self._runs: list[tuple[BackgroundService, CancellationTokenSource, asyncio.Task[None]]] = []
+
+    def start(self) -> None:
+        for service in self._services:
+            source = CancellationTokenSource.linked(self._stopping)
+            task = asyncio.create_task(self._execute(service, source.token), name=service.name)
+            self._runs.append((service, source, task))
+
+    def signal_stop(self) -> None:
+        """Phase 1: fire every service's token (they are linked to ``stopping`` already)."""
+        for _, source, _ in self._runs:
+            source.cancel(self._stopping.reason)
+
+    async def stop(self, default_timeout: float) -> None:
+        """Fire the tokens, wait for each service within its stop time, cancel the stubborn."""
+        self.signal_stop()
+        runs, self._runs = self._runs, []
+        for service, source, task in runs:
+            timeout = service.stop_timeout if service.stop_timeout is not None else default_timeout
+            done, _ = await asyncio.wait([task], timeout=timeout)
+            if not done:
+                logger.warning(
+                    "background service %s ignored its stopping token for %gs; cancelling it",
+                    service.name,
+                    timeout,
+                )
+                task.cancel()
+                await asyncio.wait([task], timeout=timeout)
+            source.close()
+
+    async def _execute(self, service: BackgroundService, token: CancellationToken) -> None:
+        try:
+            await service.execute(token)
+        except asyncio.CancelledError:
+            raise
+        except (Exception, OperationCancelled):
+            if token.is_cancellation_requested:
+                logger.info("background service %s ended with an error while stopping",
+                            service.name, exc_info=True)  # fmt: skip
+                return
+            logger.exception("background service %s failed", service.name)
+            if service.stop_host_on_error:
+                logger.info("stopping the application because %s failed", service.name)
+                self._lifetime.stop_application()
+        else:
+            if not token.is_cancellation_requested:
+                logger.info("background service %s finished", service.name)

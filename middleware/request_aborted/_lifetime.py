@@ -1,0 +1,229 @@
+"""Host lifetime: ``IHostApplicationLifetime`` and a two-phase graceful shutdown for ASGI servers.
+
+uvicorn and hypercorn only send the lifespan ``shutdown`` event after they have drained every
+connection, and uvicorn waits for that forever by default. That is too late to tell anybody to
+stop. So the lifetime hooks SIGTERM/SIGINT itself, chained in front of the server's own handler
+(never replacing it), and shuts down in two phases:
+
+1. At once: ``stopping`` fires; background services are told to stop; requests in flight may
+   still finish, and the server stops accepting new connections as usual.
+2. After ``grace`` seconds (or at a second signal): ``grace_expired`` fires with
+   ``ServerShuttingDown``; every request still running sees its token fire and ends as a 503
+   (the middleware's edge), so the server's drain completes *before* its own hard timeout would
+   cancel handlers mid-cleanup.
+
+When the server then runs lifespan shutdown, background services get their bounded stop time,
+the application's own lifespan exits (engines disposed after the last request ended), and
+``stopped`` fires last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import FrameType
+from typing import Any, Final
+
+from ._background import BackgroundService, ServiceRunner
+from ._context import LIFETIME_KEY
+from ._exceptions import ServerShuttingDown
+from ._token import CancellationToken, CancellationTokenSource
+
+__all__ = ["LIFETIME_KEY", "ApplicationLifetime", "Lifespan"]
+
+logger = logging.getLogger("request_aborted.lifetime")
+_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+class _Phase(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    STARTED = "started"
+    STOPPING = "stopping"
+    DRAINING = "grace expired"
+    STOPPED = "stopped"
+
+
+class ApplicationLifetime:
+    """The application's ``started``, ``stopping`` and ``stopped`` tokens, and its services.
+
+    Wire it with ``Starlette(lifespan=lifetime.lifespan(your_lifespan))`` (FastAPI alike). The
+    middleware finds it in the lifespan state and links every request to ``grace_expired``;
+    ``inject`` binds parameters annotated ``ApplicationLifetime``.
+    """
+
+    def __init__(
+        self,
+        *,
+        grace: float = 30.0,
+        stop_timeout: float = 10.0,
+        handle_signals: bool = True,
+    ) -> None:
+        self.grace = grace
+        self.stop_timeout = stop_timeout
+        self.handle_signals = handle_signals
+        self._started = CancellationTokenSource()
+        self._stopping = CancellationTokenSource()
+        self._grace_expired = CancellationTokenSource()
+        self._stopped = CancellationTokenSource()
+        self._services: list[BackgroundService] = []
+        self._runner: ServiceRunner | None = None
+        self._phase = _Phase.CREATED
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous: dict[int, _SignalHandler] = {}
+
+    @property
+    def started(self) -> CancellationToken:
+        """Fires once startup completed and background services were started."""
+        return self._started.token
+
+    @property
+    def stopping(self) -> CancellationToken:
+        """Fires at the first shutdown signal (phase 1): stop taking on new long work."""
+        return self._stopping.token
+
+    @property
+    def grace_expired(self) -> CancellationToken:
+        """Fires when the grace period ends (phase 2): every request still running is aborted."""
+        return self._grace_expired.token
+
+    @property
+    def stopped(self) -> CancellationToken:
+        """Fires last, after services stopped and the application's lifespan exited."""
+        return self._stopped.token
+
+    @property
+    def phase(self) -> str:
+        return self._phase.value
+
+    def add_service(self, service: BackgroundService) -> None:
+        """Register a background service; it starts after startup and stops at phase 1."""
+        if self._phase is not _Phase.CREATED:
+            raise RuntimeError("add background services before the application starts")
+        self._services.append(service)
+
+    def stop_application(self) -> None:
+        """Ask the server to shut down, as a SIGTERM would (.NET's ``StopApplication``)."""
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            self.begin_shutdown()
+
+    def begin_shutdown(self) -> None:
+        """Phase 1 now, phase 2 after the grace period; a second call starts phase 2 at once."""
+        loop = self._loop
+        if loop is not None and asyncio._get_running_loop() is not loop:
+            loop.call_soon_threadsafe(self.begin_shutdown)
+            return
+        if self._phase in (_Phase.STOPPING, _Phase.DRAINING, _Phase.STOPPED):
+            if self._phase is _Phase.STOPPING:
+                logger.info("second shutdown request: aborting requests still in flight now")
+                self._expire_grace()
+            return
+        self._phase = _Phase.STOPPING
+        logger.info("shutdown requested: stopping background services, %gs grace", self.grace)
+        self._stopping.cancel(ServerShuttingDown())
+        if self._runner is not None:
+            self._runner.signal_stop()
+        self._grace_expired.cancel_after(self.grace, ServerShuttingDown())
+        self._grace_expired.register(self._log_grace_expired)
+
+    def lifespan(self, inner: Lifespan | None = None) -> Callable[[Any], AsyncIterator[Any]]:
+        """Wrap the application's own lifespan (or none) for ``Starlette(lifespan=...)``."""
+
+        @asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+            async with self._run(app, inner) as state:
+                yield state
+
+        return lifespan  # type: ignore[return-value]
+
+    @asynccontextmanager
+    async def _run(self, app: Any, inner: Lifespan | None) -> AsyncIterator[dict[str, Any]]:
+        if self._phase is not _Phase.CREATED:
+            raise RuntimeError("an ApplicationLifetime runs one application, once")
+        self._phase = _Phase.STARTING
+        self._loop = asyncio.get_running_loop()
+        self._install_signal_hooks()
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                state: dict[str, Any] = {}
+                if inner is not None:
+                    inner_state = await stack.enter_async_context(inner(app))
+                    state.update(inner_state or {})
+                state[LIFETIME_KEY] = self
+                if self._phase is _Phase.STARTING:
+                    self._runner = ServiceRunner(self._services, self._stopping.token, self)
+                    self._runner.start()
+                    self._phase = _Phase.STARTED
+                    self._started.cancel("application started")
+                    logger.info("application started with %d background service(s)",
+                                len(self._services))  # fmt: skip
+                try:
+                    yield state
+                finally:
+                    await self._stop_services()
+            # The application's own lifespan has exited: engines and clients are closed.
+        finally:
+            self._restore_signal_hooks()
+            self._phase = _Phase.STOPPED
+            self._grace_expired.close()
+            self._stopped.cancel("application stopped")
+            logger.info("application stopped")
+
+    async def _stop_services(self) -> None:
+        if self._phase not in (_Phase.STOPPING, _Phase.DRAINING):
+            self.begin_shutdown()
+        self._expire_grace()  # the server has drained: nothing in flight needs the grace any more
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.stop(self.stop_timeout)
+
+    def _expire_grace(self) -> None:
+        self._phase = _Phase.DRAINING
+        self._grace_expired.cancel(ServerShuttingDown())
+
+    def _log_grace_expired(self, reason: BaseException) -> None:
+        if self._phase is not _Phase.STOPPED:
+            logger.info("grace period over: aborting requests still in flight")
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signal_hooks(self) -> None:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in _SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _restore_signal_hooks(self) -> None:
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Runs in the main thread between bytecodes: hand over to the loop, then chain.
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.begin_shutdown)
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            self._restore_signal_hooks()
+            signal.raise_signal(signum)
+
+    def __repr__(self) -> str:
+        return f"<ApplicationLifetime [{self._phase.value}] grace={self.grace:g}s>"
