@@ -1,3 +1,3 @@
 """Shared fixtures live in tests/_fixtures/, one module per kind of real part."""
 
-pytest_plugins = ["tests._fixtures.postgres", "tests._fixtures.servers"]
+pytest_plugins = ["tests._fixtures.postgres", "tests._fixtures.servers", "tests._fixtures.nginx"]

@@ -31,7 +31,7 @@ SERVERS = [
 
 
 def in_background(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``call`` in a thread; the returned function joins it and returns (or raises) its result."""
+    """Run ``call`` in a thread; the function returned joins it and returns or raises its outcome."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:

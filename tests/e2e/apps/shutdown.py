@@ -52,7 +52,7 @@ class Stubborn(BackgroundService):
     stop_timeout = 0.5
 
     async def execute(self, stopping_token: CancellationToken) -> None:
-        while True:
+        while True:  # noqa: ASYNC110 - deliberately deaf to its token
             await asyncio.sleep(0.05)
 
 
