@@ -31,7 +31,7 @@ SERVERS = [
 
 
 def in_background(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``call`` in a thread; the function returned joins it and returns or raises its outcome."""
+    """Run ``call`` in a thread; the function returned joins it and gives back its outcome."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
