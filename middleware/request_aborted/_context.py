@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 SCOPE_KEY: Final = "request_aborted.token"
-LIFETIME_KEY: Final = "request_aborted.lifetime"  # in the lifespan state, so in every scope["state"]
+# Kept in the lifespan state, so the server copies it into every request's scope["state"].
+LIFETIME_KEY: Final = "request_aborted.lifetime"
 NOT_INSTALLED: Final = (
     "RequestAbortedMiddleware is not installed: add it with "
     "app.add_middleware(RequestAbortedMiddleware), outermost, before anything that reads the body"

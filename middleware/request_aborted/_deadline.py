@@ -9,6 +9,7 @@ request's budget, and a malformed one is ignored: a bad header from a client mus
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -23,6 +24,7 @@ __all__ = [
 
 _GRPC_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _GRPC_MAX: Final = 99_999_999
+_MILLISECONDS: Final = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?")
 
 
 def parse_grpc_timeout(value: str) -> float | None:
@@ -39,26 +41,32 @@ def format_grpc_timeout(seconds: float) -> str:
     """The shortest exact-or-rounded-up ``grpc-timeout`` value for ``seconds``."""
     seconds = max(0.0, seconds)
     for unit, scale in (("m", 1e-3), ("S", 1.0), ("M", 60.0), ("H", 3600.0)):
-        amount = math.ceil(seconds / scale)
+        # 4.001 / 1e-3 is 4001.0000000000005 in binary floating point: ignore a few ulps of
+        # noise, or whole milliseconds would come out one too high.
+        scaled = seconds / scale
+        amount = math.ceil(scaled - 4 * math.ulp(scaled))
         if amount <= _GRPC_MAX:
             return f"{amount}{unit}"
     return f"{_GRPC_MAX}H"
 
 
 def parse_milliseconds(value: str) -> float | None:
-    """Seconds from a whole or decimal number of milliseconds; ``None`` when malformed."""
-    try:
-        milliseconds = float(value.strip())
-    except ValueError:
+    """Seconds from a whole or decimal number of milliseconds; ``None`` when malformed.
+
+    Only plain ASCII digits with an optional fraction: ``float()`` would also take ``1e3``,
+    ``1_000``, ``inf`` or Arabic-Indic digits, none of which a proxy sends.
+    """
+    if _MILLISECONDS.fullmatch(value.strip()) is None:
         return None
-    if not math.isfinite(milliseconds) or milliseconds < 0:
-        return None
-    return milliseconds / 1000.0
+    return float(value) / 1000.0
 
 
 def format_milliseconds(seconds: float) -> str:
     """Whole milliseconds, rounded down so the receiver never gets more time than is left."""
-    return str(max(0, math.floor(seconds * 1000.0)))
+    # 1.001 * 1000 is 1000.9999999999999 in binary floating point: ignore a few ulps of noise,
+    # or whole milliseconds would come out one too low.
+    milliseconds = seconds * 1000.0
+    return str(max(0, math.floor(milliseconds + 4 * math.ulp(milliseconds))))
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,11 +95,16 @@ class TokenScope:
             return self
         self._outer = _innermost.get()
         self._context = _innermost.set(self)
-        self._registration = source.register(self._on_fire)
-        if self._state is _State.EXITED:  # the token had already fired: do not even start
+        reason = source._reason
+        if reason is None:
+            self._registration = source.register(self._on_fire)
+            # Read the source, not our own state: a thread may be firing the token right now,
+            # and whether its callback has reached us yet is a race. _schedule() then finds the
+            # scope exited and does nothing.
+            reason = source._reason
+        if reason is not None:  # the token has already fired: do not even start
+            self._state = _State.EXITED
             self._release()
-            reason = self._reason
-            assert reason is not None
             raise OperationCancelled(reason)
         return self
 
@@ -135,14 +140,9 @@ class TokenScope:
             _innermost.reset(context)
 
     def _on_fire(self, reason: BaseException) -> None:
-        # Runs in whichever thread fired the token, possibly inside this very task.
+        # Runs in whichever thread fired the token, possibly inside this very task (even inside
+        # register() in __aenter__, which then refuses to start the block).
         self._reason = reason
-        if self._state is _State.CREATED or self._task is None:
-            return
-        if self._registration is None and self._state is _State.ENTERED:
-            # Fired during register() in __aenter__: refuse to start the block at all.
-            self._state = _State.EXITED
-            return
         loop = self._loop
         assert loop is not None
         try:
@@ -221,7 +221,8 @@ class CriticalSection:
 
         def start_grace(reason: BaseException) -> None:
             def arm() -> None:
-                inner.cancel_after(grace, reason)
+                if self._grace_source is inner:  # not when the section ended in the meantime
+                    inner.cancel_after(grace, reason)
 
             if asyncio._get_running_loop() is loop:
                 arm()

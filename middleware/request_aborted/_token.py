@@ -117,6 +117,10 @@ class CancellationTokenSource:
             if source._reason is not None:
                 break
         source._parents = tuple(parents)
+        if source._reason is not None:
+            # A parent had already fired (or the timeout was zero): cancel() ran before the
+            # parents were recorded, so drop the registrations made on the earlier parents.
+            source._unlink()
         return source
 
     @property

@@ -179,7 +179,7 @@ def test_failing_service_is_logged_with_traceback_and_stops_the_host(
             return lifetime.stopping.is_cancellation_requested
 
     assert asyncio.run(main()) is True
-    failure = next(r for r in caplog.records if r.getMessage() == "background service Failing failed")
+    failure = next(r for r in caplog.records if r.getMessage().endswith("Failing failed"))
     assert failure.exc_info is not None and failure.exc_info[0] is ValueError
 
 
