@@ -92,7 +92,7 @@ class ServiceRunner:
             await service.execute(token)
         except asyncio.CancelledError:
             raise
-        except (Exception, OperationCancelled):
+        except (Exception, OperationCancelled):  # deliberate: the service failed, not stopped
             if token.is_cancellation_requested:
                 logger.info("background service %s ended with an error while stopping",
                             service.name, exc_info=True)  # fmt: skip

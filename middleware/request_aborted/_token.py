@@ -184,7 +184,7 @@ class CancellationTokenSource:
             registration._source = None
             try:
                 registration._callback(reason)
-            except BaseException as exc:  # collected, raised together below
+            except BaseException as exc:  # deliberate: collected, raised together below
                 errors.append(exc)
         if errors:
             raise BaseExceptionGroup("cancellation callbacks raised", errors)
