@@ -96,8 +96,8 @@ class RequestChannel:
             if self._disconnect is not None:
                 return self._disconnect
             if self._pump_error is not None:
-                error, self._pump_error = self._pump_error, None
-                raise error
+                # Sticky, like the disconnect: the pump is gone, so every reader must hear of it.
+                raise self._pump_error
             if self._pump is None and not self._reading:
                 return await self._read_directly()
             await self._wait_for_news()
@@ -123,7 +123,7 @@ class RequestChannel:
         """Cancel the request's source; a failing user callback is logged, not raised here."""
         try:
             self.source.cancel(reason)
-        except BaseException:  # never let a user callback break the protocol flow
+        except BaseException:  # deliberate: a user callback must not break the protocol flow
             logger.exception("a cancellation callback raised while the request was aborted")
 
     async def _wait_for_news(self) -> None:
@@ -161,8 +161,9 @@ class RequestChannel:
     async def _run_pump(self) -> None:
         try:
             while self._disconnect is None:
-                if self._reading or self._buffered >= self._max_buffer:
-                    # The app is mid-read, or has not drained what we hold: wait for it.
+                if self._reading or (self._buffer and self._buffered >= self._max_buffer):
+                    # The app is mid-read, or has not drained what we hold: wait for it. (An empty
+                    # buffer never blocks, or max_buffer=0 would leave nobody reading at all.)
                     self._pump_wakeup = self._loop.create_future()
                     await self._pump_wakeup
                     continue
@@ -176,7 +177,7 @@ class RequestChannel:
                 self._wake_waiters()
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # surfaces from the app's next receive(), not at teardown
+        except BaseException as exc:  # deliberate: raised from the app's next receive()
             self._pump_error = exc
             self._wake_waiters()
 

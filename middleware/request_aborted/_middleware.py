@@ -33,6 +33,7 @@ AbortHook = Callable[[Scope, BaseException, float], object]
 """Called once per aborted request with ``(scope, reason, elapsed_seconds)``."""
 
 REQUEST_KEY: Final = "request_aborted.request"
+FIRED_AT_KEY: Final = "request_aborted.fired_at"  # for on_abort hooks: when the token fired
 DEFAULT_MAX_BUFFER: Final = 1 << 20
 
 
@@ -186,6 +187,7 @@ class _Request:
             channel.send, reason, status, started=channel.started, completed=channel.completed
         )
         elapsed = time.monotonic() - self.started_at
+        self.scope[FIRED_AT_KEY] = self.source.cancelled_at
         log_abort(self.scope, reason, status, elapsed)
         hook = self.config.on_abort
         if hook is not None:

@@ -78,6 +78,7 @@ class CancellationTokenSource:
     __slots__ = (
         "__weakref__",
         "_callbacks",
+        "_cancelled_at",
         "_lock",
         "_observer",
         "_own_deadline",
@@ -89,6 +90,7 @@ class CancellationTokenSource:
 
     def __init__(self, timeout: float | None = None) -> None:
         self._reason: BaseException | None = None
+        self._cancelled_at: float | None = None
         # Registration -> None: an insertion-ordered set with O(1) removal. Created on first use.
         self._callbacks: dict[Registration, None] | None = None
         self._lock = threading.Lock()
@@ -142,6 +144,11 @@ class CancellationTokenSource:
         return self._reason
 
     @property
+    def cancelled_at(self) -> float | None:
+        """When the source fired, in ``time.monotonic()`` seconds: how long did stopping take?"""
+        return self._cancelled_at
+
+    @property
     def registrations(self) -> int:
         """How many callbacks are registered and not yet run: a leak shows up here first."""
         callbacks = self._callbacks
@@ -174,6 +181,7 @@ class CancellationTokenSource:
             if self._reason is not None:
                 return
             self._reason = reason
+            self._cancelled_at = time.monotonic()
             callbacks, self._callbacks = self._callbacks, None
         self._stop_timer()
         self._unlink()
