@@ -81,6 +81,7 @@ class ApplicationLifetime:
         self._phase = _Phase.CREATED
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: dict[int, _SignalHandler] = {}
+        self._drained = False
 
     @property
     def started(self) -> CancellationToken:
@@ -138,15 +139,17 @@ class ApplicationLifetime:
         self._grace_expired.cancel_after(self.grace, ServerShuttingDown())
         self._grace_expired.register(self._log_grace_expired)
 
-    def lifespan(self, inner: Lifespan | None = None) -> Callable[[Any], AsyncIterator[Any]]:
+    def lifespan(
+        self, inner: Lifespan | None = None
+    ) -> Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any]]]:
         """Wrap the application's own lifespan (or none) for ``Starlette(lifespan=...)``."""
 
         @asynccontextmanager
-        async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+        async def lifespan(app: Any) -> AsyncIterator[Mapping[str, Any]]:
             async with self._run(app, inner) as state:
                 yield state
 
-        return lifespan  # type: ignore[return-value]
+        return lifespan
 
     @asynccontextmanager
     async def _run(self, app: Any, inner: Lifespan | None) -> AsyncIterator[dict[str, Any]]:
@@ -184,7 +187,9 @@ class ApplicationLifetime:
     async def _stop_services(self) -> None:
         if self._phase not in (_Phase.STOPPING, _Phase.DRAINING):
             self.begin_shutdown()
-        self._expire_grace()  # the server has drained: nothing in flight needs the grace any more
+        # The server has drained: nothing in flight needs the grace period any more.
+        self._drained = True
+        self._expire_grace()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.stop(self.stop_timeout)
@@ -194,7 +199,7 @@ class ApplicationLifetime:
         self._grace_expired.cancel(ServerShuttingDown())
 
     def _log_grace_expired(self, reason: BaseException) -> None:
-        if self._phase is not _Phase.STOPPED:
+        if not self._drained:
             logger.info("grace period over: aborting requests still in flight")
 
     # -- signals -------------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""The engine, its pool, and the unit of work every service opens to reach the tables.
+
+One ``Database`` per process, owned by the application's lifespan. It installs the cancellation
+hooks on its engine at startup (``install_cancellation``), so the first aborted request does not
+pay for them and every ``cancellable`` block below can stop its statement on the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import QueuePool
+
+from request_aborted import CancellationToken
+from request_aborted.sqlalchemy import cancellable, install_cancellation
+
+from .models import Base, Product
+from .unit_of_work import UnitOfWork
+
+__all__ = ["Database", "PoolStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """What ``/healthz`` shows of the connection pool."""
+
+    size: int
+    checked_out: int
+    overflow: int
+
+
+class Database:
+    """Owns the engine; ``unit_of_work()`` hands out one session's worth of repositories."""
+
+    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
+        options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size, "echo": echo}
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            # A writer waits for the lock instead of failing at once; WAL lets reports read
+            # while an order commits.
+            options["connect_args"] = {"timeout": 30}
+        else:
+            options["pool_pre_ping"] = True
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        self.engine: AsyncEngine = create_async_engine(url, **options)
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        install_cancellation(self.engine)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """One session: what is not committed before the block ends is rolled back.
+
+        Opening it does no I/O (the connection is checked out by the first statement), which is
+        why it takes no token: every repository method does, and so does ``commit``.
+        """
+        async with self._sessions() as session:
+            yield UnitOfWork(session)
+
+    async def create_schema(self, token: CancellationToken) -> None:
+        """Create missing tables (a demo has no migrations)."""
+        async with self.engine.begin() as connection, cancellable(connection, token):
+            await connection.run_sync(Base.metadata.create_all)
+
+    async def is_empty(self, token: CancellationToken) -> bool:
+        """Whether the shop has no products yet, i.e. the database needs seeding."""
+        async with self.engine.connect() as connection, cancellable(connection, token):
+            count = await connection.scalar(select(func.count()).select_from(Product))
+        return not count
+
+    async def ping(self, token: CancellationToken) -> None:
+        """One round trip; raises if the database cannot be reached."""
+        async with self.engine.connect() as connection, cancellable(connection, token):
+            await connection.execute(text("SELECT 1"))
+
+    def pool_status(self) -> PoolStatus:
+        pool = self.engine.pool
+        if isinstance(pool, QueuePool):
+            return PoolStatus(pool.size(), pool.checkedout(), max(0, pool.overflow()))
+        return PoolStatus(0, 0, 0)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()

@@ -1,0 +1,165 @@
+"""The demo on PostgreSQL: the same endpoints, and cancellation proved in ``pg_stat_activity``.
+
+PostgreSQL shows what SQLite cannot: the backend that ran the statement. When the client leaves,
+that backend must be back to ``idle`` - not ``active``, not ``idle in transaction`` - within
+``PROMPTLY``, because the token sent a cancel request rather than abandoning the query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests._fixtures.postgres import PostgresDatabase, PostgresServer
+from tests._fixtures.servers import ROOT, ServerProcess
+
+from ._support import PROMPTLY, Demo, assert_quiet_abort, named, open_request, wait_until
+from .conftest import launch, seed_command
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+ROWS = 1_000_000  # half the default: the report still takes seconds, the seed a few
+
+
+@pytest.fixture(scope="module")
+def pg_demo(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    name = postgres.create_database()
+    database = PostgresDatabase(postgres, name)
+    servers: list[ServerProcess] = []
+    try:
+        subprocess.run(
+            seed_command(database.dsn, "--rows", str(ROWS)),
+            cwd=ROOT, check=True, capture_output=True,
+        )  # fmt: skip
+        directory = tmp_path_factory.mktemp("pg-demo")
+        yield launch(directory, {"DATABASE_URL": database.dsn}, database, servers)
+    finally:
+        for server in servers:
+            server.stop()
+        postgres.drop_database(name)
+
+
+def busy_backends(database: PostgresDatabase, *, besides: int | None = None) -> list[Any]:
+    """The demo's backends doing anything but waiting for their next statement."""
+    return [row for row in database.backends() if row["state"] != "idle" and row["pid"] != besides]
+
+
+class RowLock:
+    """Holds ``SELECT ... FOR UPDATE`` on one row from a side connection until released."""
+
+    def __init__(self, database: PostgresDatabase, sql: str) -> None:
+        self._database, self._sql = database, sql
+        self._held, self._release = threading.Event(), threading.Event()
+        self.pid: int | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._hold()))
+
+    async def _hold(self) -> None:
+        async with self._database.side_connection() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            await connection.execute(self._sql)
+            self.pid = await connection.fetchval("SELECT pg_backend_pid()")
+            self._held.set()
+            await asyncio.to_thread(self._release.wait)
+            await transaction.rollback()
+
+    def __enter__(self) -> RowLock:
+        self._thread.start()
+        assert self._held.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release.set()
+        self._thread.join()
+
+
+def test_endpoints_work_on_postgres(pg_demo: Demo) -> None:
+    pg_demo.mark_log()
+    search = pg_demo.get("/search", params={"q": "kettle", "limit": 3}).json()
+    assert len(search["products"]) == 3 and len(search["recommendations"]) == 3
+
+    report = pg_demo.get("/reports/sales", params={"from": "2025-12-30", "to": "2025-12-31"})
+    assert report.status_code == 200 and len(report.json()["rows"]) == 40
+
+    order = pg_demo.post(
+        "/orders", json={"customer_id": 9, "items": [{"product_id": 5, "quantity": 1}]}
+    )
+    assert order.status_code == 201, order.text
+
+    health = pg_demo.get("/healthz").json()
+    assert health["status"] == "ok" and health["pool"]["in_use"] == 0
+    assert "Traceback" not in pg_demo.log()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_report_query_is_cancelled_in_postgres(pg_demo: Demo) -> None:
+    pg_demo.mark_log()
+    database: PostgresDatabase = pg_demo.database
+    curl = subprocess.Popen(["curl", "--silent", "--max-time", "1", f"{pg_demo.url}/reports/sales"])
+    wait_until(
+        lambda: any("row_number" in (row["query"] or "") for row in busy_backends(database)),
+        5, "the report's query running in PostgreSQL",
+    )  # fmt: skip
+
+    assert curl.wait(10) == 28
+    left_at = time.monotonic()
+
+    idle_at = wait_until(lambda: not busy_backends(database), 5, "the backend going idle")
+    assert idle_at - left_at < PROMPTLY
+    assert_quiet_abort(pg_demo, "GET", "/reports/sales")
+
+
+def test_order_waiting_on_a_row_lock_is_cancelled_and_rolled_back(pg_demo: Demo) -> None:
+    pg_demo.mark_log()
+    database: PostgresDatabase = pg_demo.database
+    since = len(pg_demo.events())
+    lock = "SELECT * FROM stock WHERE product_id = 23 FOR UPDATE"
+    with RowLock(database, lock) as holder:
+        body = json.dumps({"customer_id": 77, "items": [{"product_id": 23, "quantity": 1}]})
+        client = open_request(pg_demo.port, "POST", "/orders", body=body.encode())
+        # The order's INSERTs are done; its stock UPDATE waits for our row lock.
+        wait_until(
+            lambda: any(
+                "UPDATE stock" in (row["query"] or "")
+                for row in busy_backends(database, besides=holder.pid)
+            ),
+            5, "the order's UPDATE waiting for the row lock",
+        )  # fmt: skip
+
+        client.close()
+        left_at = time.monotonic()
+
+        idle_at = wait_until(
+            lambda: not busy_backends(database, besides=holder.pid), 5, "the order's backend idle"
+        )
+        assert idle_at - left_at < PROMPTLY  # cancelled while still blocked, then rolled back
+
+    assert_quiet_abort(pg_demo, "POST", "/orders")
+    finished = named(pg_demo.events(since), "/orders", "request.finished")
+    assert finished[0]["outcome"] == "OperationCancelled"
+    assert database.query("SELECT count(*) AS n FROM orders WHERE customer_id = 77")[0]["n"] == 0
+
+
+def test_export_cursor_is_closed_when_the_client_leaves(pg_demo: Demo) -> None:
+    pg_demo.mark_log()
+    database: PostgresDatabase = pg_demo.database
+    client = open_request(pg_demo.port, "GET", "/reports/sales/export?from=2024-01-01")
+    received = b""
+    while len(received) < 256 * 1024:
+        received += client.recv(65536)
+    assert busy_backends(database)  # mid-stream: a transaction holds the server-side cursor
+
+    client.close()
+    left_at = time.monotonic()
+
+    idle_at = wait_until(lambda: not busy_backends(database), 5, "the export's backend idle")
+    assert idle_at - left_at < PROMPTLY
+    assert_quiet_abort(pg_demo, "GET", "/reports/sales/export")

@@ -1,0 +1,82 @@
+"""``python -m app.seed``: deterministic data, bulk-loaded, all or nothing, safe to re-run."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.seed import seed
+from repositories import Database
+from request_aborted import CancellationToken, CancellationTokenSource, OperationCancelled
+from tests._fixtures.servers import ROOT
+
+from .conftest import seed_command
+
+TABLES = ("products", "stock", "customers", "sales")
+
+
+def fingerprint(path: Path) -> str:
+    database = sqlite3.connect(path)
+    digest = hashlib.sha256()
+    for table in TABLES:
+        for row in database.execute(f"SELECT * FROM {table} ORDER BY 1"):
+            digest.update(repr(row).encode())
+    return digest.hexdigest()
+
+
+def count(path: Path, table: str) -> int:
+    (rows,) = sqlite3.connect(path).execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(rows)
+
+
+async def seed_file(path: Path, rows: int, token: CancellationToken) -> None:
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        await database.create_schema(CancellationToken.NONE)
+        await seed(database, rows, token)
+    finally:
+        await database.dispose()
+
+
+def test_same_rows_same_data(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.db", tmp_path / "b.db"
+    asyncio.run(seed_file(first, 3000, CancellationToken.NONE))
+    asyncio.run(seed_file(second, 3000, CancellationToken.NONE))
+
+    assert fingerprint(first) == fingerprint(second)
+    assert [count(first, table) for table in TABLES] == [2000, 2000, 1000, 3000]
+
+
+def test_a_cancelled_seed_leaves_nothing_behind(tmp_path: Path) -> None:
+    path = tmp_path / "cancelled.db"
+
+    async def cancel_midway() -> None:
+        with CancellationTokenSource() as source:
+            source.cancel_after(0.2)
+            await seed_file(path, 2_000_000, source.token)
+
+    with pytest.raises(OperationCancelled):
+        asyncio.run(cancel_midway())  # two million rows take longer than 0.2s
+    assert [count(path, table) for table in TABLES] == [0, 0, 0, 0]
+
+
+def test_command_line_refuses_to_seed_twice_unless_asked(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            seed_command(url, "--rows", "2000", *extra), cwd=ROOT, capture_output=True, text=True
+        )
+
+    assert run().returncode == 0
+    again = run()
+    assert again.returncode == 1 and "pass --reset" in again.stderr
+    skipped = run("--if-empty")
+    assert skipped.returncode == 0 and "already seeded" in skipped.stderr
+    reset = run("--reset")
+    assert reset.returncode == 0 and "100%" in reset.stderr  # the progress bar
