@@ -18,7 +18,14 @@ import httpx
 from repositories import Database, RecommendationsClient, UploadStore
 from request_aborted import ApplicationLifetime, CancellationToken
 from request_aborted.httpx import cancellable_client
-from services import HealthService, OrdersService, ReportsService, SearchService, UploadsService
+from services import (
+    DataSyncService,
+    HealthService,
+    OrdersService,
+    ReportsService,
+    SearchService,
+    UploadsService,
+)
 
 from .container import Services
 from .debug import DebugEvents
@@ -58,6 +65,10 @@ def demo_lifespan(
             http = await stack.enter_async_context(_http_client(upstream_url))
             recommendations = RecommendationsClient(http)
 
+            reports = ReportsService(database)
+            lifetime.add_service(
+                DataSyncService(reports, database, interval=settings.data_sync_interval)
+            )
             yield {
                 "services": Services(
                     search=SearchService(
@@ -65,7 +76,7 @@ def demo_lifespan(
                         recommendations,
                         recommendations_timeout=settings.recommendations_timeout,
                     ),
-                    reports=ReportsService(database),
+                    reports=reports,
                     orders=OrdersService(database, commit_grace=settings.commit_grace),
                     uploads=UploadsService(
                         UploadStore(settings.upload_dir), max_bytes=settings.upload_max_bytes

@@ -36,6 +36,7 @@ class Settings:
     honor_cancellation: bool = True
     """``False`` makes every handler pass ``CancellationToken.NONE`` down: benchmarks only."""
     shutdown_grace: float = 5.0
+    data_sync_interval: float = 300.0
     commit_grace: float = 5.0
     upload_dir: Path = DEFAULT_DATA_DIR / "uploads"
     upload_max_bytes: int = 50 * 1024 * 1024
@@ -62,6 +63,7 @@ class Settings:
             transfer_timeout=_seconds(env, "TRANSFER_TIMEOUT", defaults.transfer_timeout),
             honor_cancellation=_flag(env, "HONOR_CANCELLATION", True),
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", defaults.shutdown_grace),
+            data_sync_interval=_float(env, "DATA_SYNC_INTERVAL", defaults.data_sync_interval),
             commit_grace=_float(env, "COMMIT_GRACE", defaults.commit_grace),
             upload_dir=Path(env.get("UPLOAD_DIR") or defaults.upload_dir),
             upload_max_bytes=_int(env, "UPLOAD_MAX_BYTES", defaults.upload_max_bytes),

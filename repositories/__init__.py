@@ -16,6 +16,7 @@ from .recommendations import RecommendationsUnavailable as RecommendationsUnavai
 from .sales import EXPORT_COLUMNS as EXPORT_COLUMNS
 from .sales import DailySales as DailySales
 from .sales import ExportRow as ExportRow
+from .summaries import SummaryRepository as SummaryRepository
 from .unit_of_work import UnitOfWork as UnitOfWork
 from .uploads import StoredUpload as StoredUpload
 from .uploads import UploadStore as UploadStore
@@ -32,6 +33,7 @@ __all__ = [
     "RecommendationsClient",
     "RecommendationsUnavailable",
     "StoredUpload",
+    "SummaryRepository",
     "UnitOfWork",
     "UploadStore",
     "UploadTooLarge",

@@ -16,6 +16,7 @@ from .customers import CustomerRepository
 from .orders import OrderRepository, StockRepository
 from .products import ProductRepository
 from .sales import SalesRepository
+from .summaries import SummaryRepository
 
 __all__ = ["UnitOfWork"]
 
@@ -30,6 +31,7 @@ class UnitOfWork:
         self.orders = OrderRepository(session)
         self.stock = StockRepository(session)
         self.sales = SalesRepository(session)
+        self.summaries = SummaryRepository(session)
 
     async def commit(self, token: CancellationToken) -> None:
         """Commit the session's transaction; refused (and rolled back) if ``token`` fired first."""

@@ -8,6 +8,7 @@ Everything else passes it on unchanged.
 
 from __future__ import annotations
 
+from .data_sync import DataSyncService as DataSyncService
 from .errors import Conflict as Conflict
 from .errors import InvalidInput as InvalidInput
 from .errors import NotFound as NotFound
@@ -31,6 +32,7 @@ __all__ = [
     "REPORTS",
     "CategorySummary",
     "Conflict",
+    "DataSyncService",
     "Health",
     "HealthService",
     "InvalidInput",

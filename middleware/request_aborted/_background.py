@@ -92,15 +92,21 @@ class ServiceRunner:
             await service.execute(token)
         except asyncio.CancelledError:
             raise
-        except (Exception, OperationCancelled):  # deliberate: the service failed, not stopped
+        except OperationCancelled:  # deliberate: how a service that honours its token stops
+            if not token.is_cancellation_requested:
+                self._failed(service)
+        except Exception:  # deliberate: logged here, and it may stop the host
             if token.is_cancellation_requested:
-                logger.info("background service %s ended with an error while stopping",
-                            service.name, exc_info=True)  # fmt: skip
-                return
-            logger.exception("background service %s failed", service.name)
-            if service.stop_host_on_error:
-                logger.info("stopping the application because %s failed", service.name)
-                self._lifetime.stop_application()
+                logger.warning("background service %s raised while stopping", service.name,
+                               exc_info=True)  # fmt: skip
+            else:
+                self._failed(service)
         else:
             if not token.is_cancellation_requested:
                 logger.info("background service %s finished", service.name)
+
+    def _failed(self, service: BackgroundService) -> None:
+        logger.exception("background service %s failed", service.name)
+        if service.stop_host_on_error:
+            logger.info("stopping the application because %s failed", service.name)
+            self._lifetime.stop_application()

@@ -108,8 +108,12 @@ class ApplicationLifetime:
         return self._phase.value
 
     def add_service(self, service: BackgroundService) -> None:
-        """Register a background service; it starts after startup and stops at phase 1."""
-        if self._phase is not _Phase.CREATED:
+        """Register a background service; it starts after startup and stops at phase 1.
+
+        Services may be added until startup completes, so the application's own lifespan can
+        build them from the resources it creates (an engine, a client).
+        """
+        if self._phase not in (_Phase.CREATED, _Phase.STARTING):
             raise RuntimeError("add background services before the application starts")
         self._services.append(service)
 
