@@ -50,15 +50,21 @@ def copy_database(template: Path, directory: Path) -> Path:
 
 
 def launch(
-    directory: Path, env: dict[str, str], database: object, servers: list[ServerProcess]
+    directory: Path,
+    env: dict[str, str],
+    database: object,
+    servers: list[ServerProcess],
+    server_name: str = "uvicorn",
 ) -> Demo:
     uploads = directory / "uploads"
     environment = {**DEMO_ENV, "UPLOAD_DIR": str(uploads), **env}
+    # hypercorn --workers 0 serves in one process, so the app itself receives SIGTERM.
     server = start_server(
         "app.main:app",
         directory / f"server-{len(servers)}.log",
-        server="uvicorn",
+        server=server_name,
         http="httptools",
+        extra=("--workers", "0") if server_name == "hypercorn" else (),
         env=environment,
         ready_timeout=60,
     )
@@ -87,14 +93,13 @@ def start_demo(sqlite_template: Path, tmp_path: Path) -> Iterator[StartDemo]:
     """Start a demo of this test's own, configured by extra environment variables."""
     servers: list[ServerProcess] = []
 
-    def start(**env: str) -> Demo:
+    def start(server: str = "uvicorn", **env: str) -> Demo:
         directory = tmp_path / f"demo-{len(servers)}"
         if "DATABASE_URL" in env:
-            return launch(directory, env, None, servers)
+            return launch(directory, env, None, servers, server)
         database = copy_database(sqlite_template, directory)
-        return launch(
-            directory, {"DATABASE_URL": f"sqlite+aiosqlite:///{database}", **env}, database, servers
-        )
+        sqlite = {"DATABASE_URL": f"sqlite+aiosqlite:///{database}", **env}
+        return launch(directory, sqlite, database, servers, server)
 
     yield start
     for server in servers:
