@@ -53,6 +53,8 @@ class RequestChannel:
         "_send",
         "_trailers",
         "_waiters",
+        "_watch",
+        "_watch_delay",
         "completed",
         "source",
         "started",
@@ -65,12 +67,15 @@ class RequestChannel:
         source: CancellationTokenSource,
         loop: asyncio.AbstractEventLoop,
         max_buffer: int,
+        watch_delay: float = 0.0,
     ) -> None:
         self._receive = receive
         self._send = send
         self.source = source
         self._loop = loop
         self._max_buffer = max_buffer
+        self._watch_delay = watch_delay
+        self._watch: asyncio.TimerHandle | None = None
         self.started = False
         self.completed = False
         self._trailers = False
@@ -150,11 +155,22 @@ class RequestChannel:
     def observed(self) -> None:
         """The token's observer hook: start watching, from whichever thread looked first."""
         if asyncio._get_running_loop() is self._loop:
-            self._start_pump()
+            self._watch_soon()
         else:
-            self._loop.call_soon_threadsafe(self._start_pump)
+            self._loop.call_soon_threadsafe(self._watch_soon)
+
+    def _watch_soon(self) -> None:
+        # Most requests that glance at their token are over within a millisecond or two, long
+        # before a client could give up on them; a pump for each would cost more than the
+        # request. So the pump starts ``watch_delay`` after the first look, if still wanted.
+        if self._watch is None and self._pump is None:
+            if self._watch_delay > 0:
+                self._watch = self._loop.call_later(self._watch_delay, self._start_pump)
+            else:
+                self._start_pump()
 
     def _start_pump(self) -> None:
+        self._watch = None
         if self._pump is None and self._disconnect is None and not self.completed:
             self._pump = self._loop.create_task(self._run_pump())
 
@@ -186,19 +202,16 @@ class RequestChannel:
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
-    async def close(self) -> None:
-        """Stop the pump; awaited so no task outlives the request."""
+    def close(self) -> None:
+        """Stop watching. The pump is cancelled, not awaited: it is parked in the server's
+        ``receive()`` and finishes at the loop's next turn, so the request need not wait for two
+        more turns of the loop to end (measured: that wait was most of the pump's cost)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
         pump, self._pump = self._pump, None
-        if pump is None:
-            return
-        if not pump.done():
+        if pump is not None:
             pump.cancel()
-        try:
-            await pump
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # our own request is being cancelled: keep that going
 
     # -- send --------------------------------------------------------------------------------
 

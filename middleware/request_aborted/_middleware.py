@@ -35,6 +35,7 @@ AbortHook = Callable[[Scope, BaseException, float], object]
 REQUEST_KEY: Final = "request_aborted.request"
 FIRED_AT_KEY: Final = "request_aborted.fired_at"  # for on_abort hooks: when the token fired
 DEFAULT_MAX_BUFFER: Final = 1 << 20
+DEFAULT_WATCH_DELAY: Final = 0.0
 
 
 class RequestAbortedMiddleware:
@@ -53,6 +54,10 @@ class RequestAbortedMiddleware:
     * ``on_abort``: called once per aborted request; its errors are logged, never raised.
     * ``max_buffer``: body bytes read ahead while watching for a disconnect before reading pauses
       until the app catches up (backpressure).
+    * ``watch_delay``: how long after application code first observes the token the connection
+      starts being watched (seconds; default 0, at once). With a few milliseconds, handlers that
+      observe their token but finish sooner never pay for a watcher task; a disconnect inside
+      that window is noticed when it ends.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class RequestAbortedMiddleware:
         shutdown: CancellationToken | None = None,
         on_abort: AbortHook | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        watch_delay: float = DEFAULT_WATCH_DELAY,
     ) -> None:
         self.app = app
         # Timeouts given as plain numbers answer with timeout_status; a TimeoutPolicy names its own.
@@ -86,6 +92,7 @@ class RequestAbortedMiddleware:
         self.shutdown = shutdown
         self.on_abort = on_abort
         self.max_buffer = max_buffer
+        self.watch_delay = watch_delay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -124,7 +131,9 @@ class _Request:
         self.source = source = CancellationTokenSource()
         self.token = token = source.token
         loop = asyncio.get_running_loop()
-        self.channel = channel = RequestChannel(receive, send, source, loop, config.max_buffer)
+        self.channel = channel = RequestChannel(
+            receive, send, source, loop, config.max_buffer, config.watch_delay
+        )
         if scope["type"] == "http":
             source._observer = channel.observed
         self._status = config.timeout_status
@@ -174,8 +183,9 @@ class _Request:
             registration, self._registration = self._registration, None
             if registration is not None:
                 registration.unregister()
-            await channel.close()
-            source.close()
+            channel.close()
+            if source._timer is not None or source._parents:
+                source.close()
         reason = source._reason
         if reason is not None and self.scope["type"] == "http":
             await self._finish_aborted(reason)

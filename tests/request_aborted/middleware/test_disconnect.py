@@ -185,7 +185,11 @@ def test_disconnect_during_streaming_response_stops_the_stream(
     assert exchange.body == b"0\n1\n2\n"
     assert len(produced) < 10
     assert finished == ["closed"]
-    assert exchange.disconnects_delivered == 1
+    # Below 2.4 StreamingResponse's listener reads the disconnect (once); at 2.4 the failing send
+    # may tell first. Either way the server is never asked again and again (hazard 6).
+    if spec_version != "2.4":
+        assert exchange.disconnects_delivered == 1
+    assert exchange.disconnects_delivered <= 1
 
 
 @pytest.mark.parametrize("spec_version", ["2.0", "2.3", "2.4", None])
@@ -225,7 +229,8 @@ def test_background_tasks_survive_the_end_of_response_disconnect() -> None:
         tasks.add_task(send_receipt)
         return {"status": "accepted"}
 
-    exchange = Exchange(RequestAbortedMiddleware(api), method="POST", path="/order", body=b"{}")
+    app = RequestAbortedMiddleware(api, watch_delay=0)  # the pump reads the "done" disconnect
+    exchange = Exchange(app, method="POST", path="/order", body=b"{}")
     asyncio.run(exchange.run())
     assert exchange.body == b'{"status":"accepted"}'
     assert finished == [False]
