@@ -10,6 +10,7 @@ from ._background import BackgroundService as BackgroundService
 from ._binding import inject as inject
 from ._context import current_token as current_token
 from ._context import request_aborted as request_aborted
+from ._deadline import DEFAULT_DEADLINE_HEADER as DEFAULT_DEADLINE_HEADER
 from ._deadline import DeadlineHeader as DeadlineHeader
 from ._exceptions import CancellationReason as CancellationReason
 from ._exceptions import CancellationRequested as CancellationRequested
@@ -30,6 +31,7 @@ from ._token import CancellationTokenSource as CancellationTokenSource
 from ._token import Registration as Registration
 
 __all__ = [
+    "DEFAULT_DEADLINE_HEADER",
     "AbortHook",
     "ApplicationLifetime",
     "BackgroundService",

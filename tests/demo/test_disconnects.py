@@ -9,7 +9,6 @@ And each time the server printed the library's one INFO line and no traceback.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sqlite3
@@ -36,17 +35,6 @@ from .conftest import StartDemo
 Serve = Callable[..., ServerProcess]
 
 pytestmark = pytest.mark.e2e
-
-# Known bug in request_aborted.httpx, reproduced by the two search tests below: under uvloop
-# (uvicorn's default loop when installed), AbortableStream.shut_down() calls shutdown() on
-# uvloop's PseudoSocket, which raises TypeError instead of shutting the socket down; the search
-# then ends in a 500. Strict, so the tests turn red the moment the bug is fixed: remove it then.
-HTTPX_UVLOOP_BUG = pytest.mark.xfail(
-    importlib.util.find_spec("uvloop") is not None,
-    reason="request_aborted.httpx cannot shut down uvloop's PseudoSocket (TypeError)",
-    strict=True,
-)
-
 
 def cpu_seconds(demo: Demo) -> float:
     times = psutil.Process(demo.server.process.pid).cpu_times()
@@ -175,7 +163,6 @@ def test_order_body_cut_short_is_a_quiet_abort(demo_log: Demo) -> None:
     assert_quiet_abort(demo_log, "POST", "/orders")
 
 
-@HTTPX_UVLOOP_BUG
 def test_search_call_to_the_upstream_is_cancelled_across_the_process_boundary(
     start_demo: StartDemo, serve: Serve
 ) -> None:
@@ -201,7 +188,6 @@ def test_search_call_to_the_upstream_is_cancelled_across_the_process_boundary(
     assert_no_traceback(upstream.log())
 
 
-@HTTPX_UVLOOP_BUG
 def test_search_answers_without_recommendations_when_the_upstream_is_slow(
     start_demo: StartDemo, serve: Serve
 ) -> None:

@@ -1,0 +1,183 @@
+"""What each database driver needs to stop a statement without losing its connection.
+
+Cancelling the task that awaits a query is the wrong tool for a pooled connection: SQLAlchemy
+treats the ``CancelledError`` as an exit exception and invalidates the connection (a new backend
+is forked for the next checkout), and aiosqlite's worker thread keeps running the query anyway.
+So the token interrupts the *driver* and lets the statement fail in the ordinary way:
+
+* asyncpg: ``pg_cancel_backend`` on the engine's side connection (``_sqlalchemy_pgcancel``), or
+  else a PostgreSQL cancel request (the ``CancelRequest`` message libpq's ``PQcancel`` sends),
+  through asyncpg's own ``Connection._cancel_current_command``, which also tracks the helper task
+  so connection teardown cleans it up. Either way the backend answers the running statement with
+  SQLSTATE 57014 and the connection stays in the pool.
+* aiosqlite: ``sqlite3.Connection.interrupt()``, which SQLite allows from any thread.
+
+A cancel request that reaches the server before the statement does is ignored, so interrupts are
+repeated (with back-off) for as long as the same statement is still running; see ``_Guard.stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+if TYPE_CHECKING:
+    from ._sqlalchemy_pgcancel import SideCanceller
+
+__all__ = [
+    "GuardedCursor",
+    "Interrupter",
+    "deadline_statement",
+    "interrupter_for",
+    "is_interruption",
+]
+
+QUERY_CANCELED: Final = "57014"
+
+
+class Interrupter(Protocol):
+    """Stops whatever the connection is running right now, and nothing that comes later."""
+
+    first_retry: float
+    """Seconds to wait for the statement to end before interrupting it again."""
+
+    def poke(self) -> None:
+        """Interrupt at once, from the firing code, if the driver can do it synchronously."""
+
+    async def interrupt(self) -> None:
+        """Deliver one interruption; return once it can no longer hit a later statement."""
+
+
+class _AsyncpgCancel:
+    first_retry = 0.005
+
+    def __init__(self, connection: Any, side: Callable[[], SideCanceller | None]) -> None:
+        self._connection = connection
+        self._side = side
+
+    def poke(self) -> None:
+        pass  # both ways to cancel need I/O: the stopper task does it
+
+    async def interrupt(self) -> None:
+        connection = self._connection
+        if connection.is_closed():
+            return
+        side = self._side()
+        if side is not None and await side.cancel(connection.get_server_pid()):
+            return
+        send = getattr(connection, "_cancel_current_command", None)
+        if send is None:  # a future asyncpg without it: a reconnect beats a runaway query
+            connection.terminate()
+            return
+        # The waiter completes once the server has closed the cancel socket, i.e. after it has
+        # signalled the backend, so a statement sent after this cannot be hit by the request.
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        send(delivered)
+        await delivered
+
+
+class _SqliteInterrupt:
+    first_retry = 0.001
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def poke(self) -> None:
+        raw: sqlite3.Connection | None = getattr(self._connection, "_connection", None)
+        if raw is not None:
+            raw.interrupt()  # sqlite3_interrupt() is safe from any thread
+
+    async def interrupt(self) -> None:
+        self.poke()
+
+
+def interrupter_for(
+    driver_connection: object, side: Callable[[], SideCanceller | None]
+) -> Interrupter | None:
+    """The interrupter for a driver connection, or ``None`` for drivers we cannot interrupt."""
+    module = type(driver_connection).__module__
+    if module.startswith("asyncpg"):
+        return _AsyncpgCancel(driver_connection, side)
+    if module.startswith("aiosqlite"):
+        return _SqliteInterrupt(driver_connection)
+    return None
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        stack += [current.__cause__, current.__context__]
+        if isinstance(orig, BaseException):
+            stack.append(orig)
+
+
+def is_interruption(error: BaseException) -> bool:
+    """Whether a driver error says "your statement was cancelled" (by us, a timeout or an admin)."""
+    for current in _chain(error):
+        if getattr(current, "sqlstate", None) == QUERY_CANCELED:
+            return True
+        if isinstance(current, sqlite3.OperationalError) and str(current) == "interrupted":
+            return True
+    return False
+
+
+def deadline_statement(paramstyle: str) -> str:
+    """SQL that lowers the transaction's ``statement_timeout`` to a bound number of milliseconds.
+
+    ``SET LOCAL`` takes no bind parameter, so ``set_config(..., true)`` is used; binding keeps a
+    single prepared statement per connection instead of one per distinct value. A stricter
+    ``statement_timeout`` the session already has is kept (``LEAST``; 0 means none).
+    """
+    marker = {"numeric_dollar": "$1", "qmark": "?", "numeric": ":1", "named": ":ms"}.get(
+        paramstyle, "%s"
+    )
+    return (
+        "SELECT set_config('statement_timeout', "
+        f"LEAST(NULLIF(s.setting::bigint, 0), {marker}::bigint)::text, true) "
+        "FROM pg_settings s WHERE s.name = 'statement_timeout'"
+    )
+
+
+class GuardedCursor:
+    """Wraps a driver's server-side cursor so every fetch is a guarded, interruptible operation.
+
+    Fetches of a streamed result do not pass through SQLAlchemy's execute events, so without this
+    a stream would keep fetching after its token fired whenever the token fired between fetches.
+    """
+
+    def __init__(self, inner: Any, around: Callable[[Awaitable[Any]], Awaitable[Any]]) -> None:
+        self._inner = inner
+        self._around = around
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __aiter__(self) -> GuardedCursor:
+        return self
+
+    async def __anext__(self) -> Any:
+        row = await self.fetchone()
+        if row is None:
+            raise StopAsyncIteration
+        return row
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._around(self._inner.fetch(*args, **kwargs))
+
+    async def fetchone(self) -> Any:
+        return await self._around(self._inner.fetchone())
+
+    async def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._around(self._inner.fetchmany(*args, **kwargs))
+
+    async def fetchall(self) -> Any:
+        return await self._around(self._inner.fetchall())
