@@ -6,8 +6,9 @@ The middleware stack, outermost first:
    ``REQUEST_TIMEOUT`` (and the ``reports``/``transfers`` policies the routes ask for), and turns
    a fired token into one log line and a 499/504/503. Outermost, so it sees the request before
    anything reads its body.
-2. ``DebugMiddleware`` - only with ``DEMO_DEBUG=1``.
-3. Starlette's own error middleware, with the problem+json handlers of ``app.problems``.
+2. ``LiveStatsMiddleware`` - counts requests for the search page's live panel (``GET /stats``).
+3. ``DebugMiddleware`` - only with ``DEMO_DEBUG=1``.
+4. Starlette's own error middleware, with the problem+json handlers of ``app.problems``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from request_aborted import ApplicationLifetime, RequestAbortedMiddleware
 from .debug import DebugEvents, DebugMiddleware
 from .lifespan import demo_lifespan
 from .logs import configure_logging
-from .metrics import DemoMetrics
+from .metrics import DemoMetrics, LiveStatsMiddleware
 from .problems import EXCEPTION_HANDLERS
 from .routes import build_routes
+from .routes.page import page_routes
 from .settings import Settings
 
 __all__ = ["app", "create_app"]
@@ -48,14 +50,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
             timeout=settings.request_timeout,
             policies={"reports": settings.report_timeout, "transfers": settings.transfer_timeout},
             on_abort=on_abort,
-        )
+        ),
+        Middleware(LiveStatsMiddleware, stats=metrics.live),
     ]
     if debug is not None:
         middleware.append(Middleware(DebugMiddleware, events=debug))
     return Starlette(
-        routes=build_routes(
-            honor_cancellation=settings.honor_cancellation, metrics=metrics, debug=debug
-        ),
+        routes=[
+            *build_routes(
+                honor_cancellation=settings.honor_cancellation, metrics=metrics, debug=debug
+            ),
+            *page_routes(),
+        ],
         middleware=middleware,
         exception_handlers=dict(EXCEPTION_HANDLERS),
         # ApplicationLifetime.lifespan is typed as returning an AsyncIterator; it is in fact the
