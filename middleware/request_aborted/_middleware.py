@@ -32,7 +32,6 @@ logger = logging.getLogger("request_aborted")
 AbortHook = Callable[[Scope, BaseException, float], object]
 """Called once per aborted request with ``(scope, reason, elapsed_seconds)``."""
 
-REQUEST_KEY: Final = "request_aborted.request"
 FIRED_AT_KEY: Final = "request_aborted.fired_at"  # for on_abort hooks: when the token fired
 DEFAULT_MAX_BUFFER: Final = 1 << 20
 DEFAULT_WATCH_DELAY: Final = 0.0
@@ -140,7 +139,6 @@ class _Request:
         self._header_deadline: float | None = None
         self._registration: Registration | None = None
         scope[_context.SCOPE_KEY] = token
-        scope[REQUEST_KEY] = self
         if config.deadline_headers:
             self._read_deadline_headers()
         if config.default_policy.timeout is not None or self._header_deadline is not None:

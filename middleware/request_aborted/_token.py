@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -98,7 +99,7 @@ class CancellationTokenSource:
         self._own_deadline: float | None = None
         self._parents: tuple[tuple[CancellationTokenSource, Registration], ...] = ()
         self._timer: asyncio.TimerHandle | threading.Timer | None = None
-        self._token: CancellationToken | None = None
+        self._token: weakref.ref[CancellationToken] | None = None
         if timeout is not None:
             self.cancel_after(timeout)
 
@@ -128,9 +129,13 @@ class CancellationTokenSource:
     @property
     def token(self) -> CancellationToken:
         """The read-only token to hand to the code that should stop when this source fires."""
-        token = self._token
+        # A weak reference: a strong one would make source and token a reference cycle, and
+        # every request's source (with whatever it references) garbage for the cyclic GC.
+        cached = self._token
+        token = None if cached is None else cached()
         if token is None:
-            token = self._token = CancellationToken(self)
+            token = CancellationToken(self)
+            self._token = weakref.ref(token)
         return token
 
     @property
@@ -286,7 +291,7 @@ class CancellationToken:
     reason to stop (pass it deliberately, not "just for now").
     """
 
-    __slots__ = ("_source",)
+    __slots__ = ("__weakref__", "_source")
 
     NONE: ClassVar[CancellationToken]
 
