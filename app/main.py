@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import Scope
 
-from request_aborted import ApplicationLifetime, RequestAbortedMiddleware
+from request_aborted import DEFAULT_DEADLINE_HEADER, ApplicationLifetime, RequestAbortedMiddleware
 
 from .debug import DebugEvents, DebugMiddleware
 from .lifespan import demo_lifespan
@@ -49,6 +49,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             RequestAbortedMiddleware,
             timeout=settings.request_timeout,
             policies={"reports": settings.report_timeout, "transfers": settings.transfer_timeout},
+            # A caller's own budget (ours, from another service, or gRPC's) may shorten ours.
+            deadline_headers=(DEFAULT_DEADLINE_HEADER, "grpc-timeout"),
             on_abort=on_abort,
         ),
         Middleware(LiveStatsMiddleware, stats=metrics.live),

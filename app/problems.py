@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -70,12 +72,30 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """The database is down, restarting or saturated: the client may retry; nothing is broken.
+
+    Registered per exception class, so Starlette answers it from ``ExceptionMiddleware`` and
+    does not re-raise it to the server (as it does for the catch-all ``Exception`` handler).
+    """
+    _raise_if_fallout(request, exc)
+    logger.warning("%s %s: database unavailable: %s", request.method, request.url.path,
+                   str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # fmt: skip
+    response = problem(503, "the database is unavailable right now; try again shortly")
+    response.headers["retry-after"] = "1"
+    return response
+
+
+def _raise_if_fallout(request: Request, exc: Exception) -> None:
     token = request_aborted(request)
     if token.is_cancellation_requested:
         # Fallout of the cancellation (Starlette's ClientDisconnect while reading the body, say),
         # not a bug: hand the middleware the reason, and it logs its one line.
         raise OperationCancelled(token.reason or exc) from exc
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    _raise_if_fallout(request, exc)
     # A bug, not bad input: keep the traceback in the log, not in the client's face.
     logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "the server hit an unexpected error; it has been logged")
@@ -84,5 +104,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: Mapping[Any, Any] = {
     ServiceError: _service_error,
     HTTPException: _http_error,
+    # Connection refused or lost, pool exhausted: asyncpg's OSErrors, SQLAlchemy's wrappers.
+    ConnectionError: _unavailable,
+    OperationalError: _unavailable,
+    InterfaceError: _unavailable,
+    PoolTimeout: _unavailable,
     Exception: _unexpected,
 }

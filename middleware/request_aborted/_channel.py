@@ -34,6 +34,7 @@ __all__ = ["RequestChannel"]
 logger = logging.getLogger("request_aborted")
 
 _DISCONNECT_TYPES = frozenset({"http.disconnect", "websocket.disconnect"})
+_GIVEN_UP: Message = {"type": "http.disconnect"}  # what the app reads once its token fired
 
 
 class RequestChannel:
@@ -56,6 +57,7 @@ class RequestChannel:
         "_watch",
         "_watch_delay",
         "completed",
+        "interruptible",
         "source",
         "started",
     )
@@ -76,6 +78,10 @@ class RequestChannel:
         self._max_buffer = max_buffer
         self._watch_delay = watch_delay
         self._watch: asyncio.TimerHandle | None = None
+        # Set when the token may fire on its own (a timeout, shutdown): then a read of the body
+        # must be interruptible, so the app's reads go through the pump rather than straight to
+        # the server, and a fired token answers them.
+        self.interruptible = False
         self.started = False
         self.completed = False
         self._trailers = False
@@ -103,7 +109,12 @@ class RequestChannel:
             if self._pump_error is not None:
                 # Sticky, like the disconnect: the pump is gone, so every reader must hear of it.
                 raise self._pump_error
-            if self._pump is None and not self._reading:
+            if self.interruptible:
+                if self.source._reason is not None:
+                    return _GIVEN_UP  # timed out or shutting down: the body is not wanted now
+                if self._pump is None:
+                    self._start_pump()
+            elif self._pump is None and not self._reading:
                 return await self._read_directly()
             await self._wait_for_news()
 
@@ -174,6 +185,12 @@ class RequestChannel:
         if self._pump is None and self._disconnect is None and not self.completed:
             self._pump = self._loop.create_task(self._run_pump())
 
+    def make_interruptible(self) -> None:
+        """Called by the owner when the token may fire without a disconnect (see __init__)."""
+        if not self.interruptible:
+            self.interruptible = True
+            self.source._on_cancel = self._wake_waiters
+
     async def _run_pump(self) -> None:
         try:
             while self._disconnect is None:
@@ -212,6 +229,7 @@ class RequestChannel:
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.cancel()
+        self.source._on_cancel = None
 
     # -- send --------------------------------------------------------------------------------
 

@@ -150,6 +150,7 @@ class _Request:
                 shutdown = lifetime.grace_expired
         if shutdown is not None:
             self._registration = shutdown.register(self._shutting_down)
+            channel.make_interruptible()
 
     async def run(self) -> None:
         config, channel, source = self.config, self.channel, self.source
@@ -230,6 +231,7 @@ class _Request:
         elif not self.channel.completed:
             reason = RequestTimedOut(timeout, name)
             self.source.cancel_after(deadline - time.monotonic(), reason)
+            self.channel.make_interruptible()
 
     def _read_deadline_headers(self) -> None:
         headers = self.config.deadline_headers

@@ -82,6 +82,7 @@ class CancellationTokenSource:
         "_cancelled_at",
         "_lock",
         "_observer",
+        "_on_cancel",
         "_own_deadline",
         "_parents",
         "_reason",
@@ -96,6 +97,9 @@ class CancellationTokenSource:
         self._callbacks: dict[Registration, None] | None = None
         self._lock = threading.Lock()
         self._observer: Callable[[], object] | None = None
+        # The owner's own hook (the middleware wakes readers parked in receive()): runs first,
+        # and, unlike a registration, does not count as observing the token.
+        self._on_cancel: Callable[[], object] | None = None
         self._own_deadline: float | None = None
         self._parents: tuple[tuple[CancellationTokenSource, Registration], ...] = ()
         self._timer: asyncio.TimerHandle | threading.Timer | None = None
@@ -190,6 +194,9 @@ class CancellationTokenSource:
             callbacks, self._callbacks = self._callbacks, None
         self._stop_timer()
         self._unlink()
+        on_cancel, self._on_cancel = self._on_cancel, None
+        if on_cancel is not None:
+            on_cancel()
         if not callbacks:
             return
         errors: list[BaseException] = []
