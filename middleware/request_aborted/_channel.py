@@ -41,6 +41,7 @@ class RequestChannel:
     """Owns ``receive`` and watches ``send`` for one request; see the module docstring."""
 
     __slots__ = (
+        "_body_done",
         "_buffer",
         "_buffered",
         "_disconnect",
@@ -88,6 +89,7 @@ class RequestChannel:
         self._disconnect: Message | None = None
         self._buffer: deque[Message] | None = None
         self._buffered = 0
+        self._body_done = False
         self._reading = False  # a server receive() is outstanding, on behalf of the app
         self._pump: asyncio.Task[None] | None = None
         self._pump_error: BaseException | None = None
@@ -101,7 +103,7 @@ class RequestChannel:
             buffer = self._buffer
             if buffer:
                 message = buffer.popleft()
-                self._buffered -= len(message.get("body", b""))
+                self._buffered -= _weight(message)
                 self._wake_pump()
                 return message
             if self._disconnect is not None:
@@ -130,7 +132,9 @@ class RequestChannel:
         return message
 
     def _note(self, message: Message) -> None:
-        if message["type"] in _DISCONNECT_TYPES and self._disconnect is None:
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            self._body_done = True
+        elif message["type"] in _DISCONNECT_TYPES and self._disconnect is None:
             self._disconnect = message
             if not self.completed:
                 self.fire(ClientDisconnected())
@@ -202,10 +206,17 @@ class RequestChannel:
                     continue
                 message = await self._receive()
                 if message["type"] not in _DISCONNECT_TYPES:
+                    if self._body_done:
+                        # ASGI allows only a disconnect after the last body chunk. A server (or a
+                        # body-replaying wrapper) that answers more cannot be watched without
+                        # spinning: stop watching, and let the app read for itself again.
+                        self._pump = None
+                        self._wake_waiters()
+                        return
                     if self._buffer is None:
                         self._buffer = deque()
                     self._buffer.append(message)
-                    self._buffered += len(message.get("body", b""))
+                    self._buffered += _weight(message)
                 self._note(message)
                 self._wake_waiters()
         except asyncio.CancelledError:
@@ -264,3 +275,8 @@ class RequestChannel:
         self.completed = True
         if self.source._timer is not None:
             self.source.cancel_after(None)  # a finished response can no longer time out
+
+
+def _weight(message: Message) -> int:
+    """What a queued message counts against ``max_buffer``: its bytes, and never nothing."""
+    return max(1, len(message.get("body", b"")))
