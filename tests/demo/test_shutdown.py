@@ -8,40 +8,18 @@ interrupted mid-query, and uvicorn exits within grace + 1 s with no ERROR and no
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
+
+from tests._fixtures.background import in_background
 
 from .conftest import StartDemo
 
 pytestmark = pytest.mark.e2e
 
 GRACE = 1.5
-
-
-def in_background(call: Callable[[], Any]) -> Callable[[], Any]:
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def join() -> Any:
-        thread.join(20)
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
-    return join
 
 
 def read_slowly(url: str) -> tuple[int, int]:

@@ -8,14 +8,13 @@ clean answer, and the server exits normally within grace + 1 s.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
+from tests._fixtures.background import in_background
 from tests._fixtures.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -28,28 +27,6 @@ SERVERS = [
     pytest.param("uvicorn", "httptools", (), id="uvicorn"),
     pytest.param("hypercorn", "h11", ("--workers", "0"), id="hypercorn"),
 ]
-
-
-def in_background(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``call`` in a thread; the function returned joins it and gives back its outcome."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def join() -> Any:
-        thread.join(15)
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
-    return join
 
 
 def stream_export(url: str) -> tuple[int, bytes]:
