@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -86,6 +86,20 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     return response
 
 
+# SQLSTATE classes that say "the server is not there for you right now": connection exceptions
+# (08) and operator intervention (57: admin shutdown, cannot connect now, ...).
+_UNAVAILABLE_SQLSTATE = ("08", "57")
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A driver error: unavailability is a 503, anything else is a bug (500)."""
+    assert isinstance(exc, DBAPIError)
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if exc.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE):
+        return await _unavailable(request, exc)
+    return await _unexpected(request, exc)
+
+
 def _raise_if_fallout(request: Request, exc: Exception) -> None:
     token = request_aborted(request)
     if token.is_cancellation_requested:
@@ -109,5 +123,6 @@ EXCEPTION_HANDLERS: Mapping[Any, Any] = {
     OperationalError: _unavailable,
     InterfaceError: _unavailable,
     PoolTimeout: _unavailable,
+    DBAPIError: _database_error,
     Exception: _unexpected,
 }
