@@ -23,6 +23,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ._exceptions import ClientDisconnected
+from ._loop import call_in_loop
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Send
@@ -169,10 +170,7 @@ class RequestChannel:
 
     def observed(self) -> None:
         """The token's observer hook: start watching, from whichever thread looked first."""
-        if asyncio._get_running_loop() is self._loop:
-            self._watch_soon()
-        else:
-            self._loop.call_soon_threadsafe(self._watch_soon)
+        call_in_loop(self._loop, self._watch_soon)
 
     def _watch_soon(self) -> None:
         # Most requests that glance at their token are over within a millisecond or two, long

@@ -28,6 +28,7 @@ import httpx
 from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
 
 from ._httpx_abort import RequestAbort, current_abort
+from ._loop import call_in_loop
 
 __all__ = ["Exchange"]
 
@@ -143,11 +144,8 @@ class Exchange:
             self._keep(self._loop.create_task(result.aclose(), context=self._context))
 
     def _on_fire(self, reason: BaseException) -> None:
-        if asyncio._get_running_loop() is self._loop:
-            _resolve(self._fired, reason)
-        else:
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
-                self._loop.call_soon_threadsafe(_resolve, self._fired, reason)
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+            call_in_loop(self._loop, _resolve, self._fired, reason)
 
 
 async def _call(start: Callable[[], Awaitable[T]]) -> T:

@@ -21,6 +21,7 @@ from ._channel import RequestChannel
 from ._deadline import DeadlineHeader
 from ._edge import end_response, is_fallout, log_abort, status_for
 from ._exceptions import RequestTimedOut, ServerShuttingDown
+from ._loop import call_in_loop
 from ._scope import TokenScope
 from ._timeouts import TimeoutPolicy, resolve_policy
 from ._token import CancellationToken, CancellationTokenSource, Registration
@@ -211,10 +212,7 @@ class _Request:
         """Re-arm the request's timer for an endpoint's own timeout, from any thread."""
         policy, name = resolve_policy(timeout, self.config.policies)
         loop = self.channel._loop
-        if asyncio._get_running_loop() is loop:
-            self._arm(policy, name)
-        else:
-            loop.call_soon_threadsafe(self._arm, policy, name)
+        call_in_loop(loop, self._arm, policy, name)
 
     def _arm(self, policy: TimeoutPolicy, name: str | None) -> None:
         deadline = None if policy.timeout is None else self.started_at + policy.timeout
@@ -250,10 +248,7 @@ class _Request:
     def _shutting_down(self, reason: BaseException) -> None:
         shutdown = reason if isinstance(reason, ServerShuttingDown) else ServerShuttingDown()
         loop = self.channel._loop
-        if asyncio._get_running_loop() is loop:
-            self.channel.fire(shutdown)
-        else:
-            loop.call_soon_threadsafe(self.channel.fire, shutdown)
+        call_in_loop(loop, self.channel.fire, shutdown)
 
 
 def _route_name(scope: Scope) -> str:

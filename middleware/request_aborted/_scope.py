@@ -15,12 +15,14 @@ cancellation behind if the block ends first. Tokens fired from other threads rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from ._exceptions import OperationCancelled
+from ._loop import call_in_loop
 
 if TYPE_CHECKING:
     from ._token import CancellationToken, CancellationTokenSource, Registration
@@ -145,13 +147,8 @@ class TokenScope:
         self._reason = reason
         loop = self._loop
         assert loop is not None
-        try:
-            if asyncio._get_running_loop() is loop:
-                self._schedule()
-            else:
-                loop.call_soon_threadsafe(self._schedule)
-        except RuntimeError:  # the loop is closed; the block is long gone
-            pass
+        with contextlib.suppress(RuntimeError):  # the loop is closed; the block is long gone
+            call_in_loop(loop, self._schedule)
 
     def _schedule(self) -> None:
         if self._state is not _State.ENTERED or self._handle is not None:
@@ -224,10 +221,7 @@ class CriticalSection:
                 if self._grace_source is inner:  # not when the section ended in the meantime
                     inner.cancel_after(grace, reason)
 
-            if asyncio._get_running_loop() is loop:
-                arm()
-            else:
-                loop.call_soon_threadsafe(arm)
+            call_in_loop(loop, arm)
 
         self._registration = self._token.register(start_grace)
         return inner.token

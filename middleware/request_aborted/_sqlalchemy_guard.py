@@ -19,6 +19,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from request_aborted import CancellationToken, Registration
 
+from ._loop import call_in_loop
 from ._sqlalchemy_drivers import Interrupter, interrupter_for
 from ._sqlalchemy_pgcancel import side_canceller
 
@@ -143,11 +144,8 @@ class Guard:
         loop = self.loop
         if loop is None:
             return
-        if asyncio._get_running_loop() is loop:
-            self._fire()
-            return
         with contextlib.suppress(RuntimeError):  # a closed loop runs nothing on this connection
-            loop.call_soon_threadsafe(self._fire)
+            call_in_loop(loop, self._fire)
 
     def _fire(self) -> None:
         if self.binding is None or not self.running or self.interrupter is None:

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from ._exceptions import CancellationRequested, DeadlineExceeded, OperationCancelled, describe
+from ._loop import call_in_loop
 from ._scope import CriticalSection, TokenScope
 
 __all__ = ["CancellationToken", "CancellationTokenSource", "Registration"]
@@ -405,12 +406,8 @@ def _state(source: CancellationTokenSource) -> str:
 
 def _resolve_soon(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], value: Any) -> None:
     """Complete ``waiter`` on its own loop, whichever thread fired the token."""
-    if asyncio._get_running_loop() is loop:
-        if not waiter.done():
-            waiter.set_result(value)
-        return
     with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting any more
-        loop.call_soon_threadsafe(_set_result_unless_done, waiter, value)
+        call_in_loop(loop, _set_result_unless_done, waiter, value)
 
 
 def _set_result_unless_done(waiter: asyncio.Future[Any], value: Any) -> None:
