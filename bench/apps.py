@@ -6,7 +6,9 @@ imported inside their factories, so the same file also serves an interpreter tha
 fastapi-disconnect but not this package installed.
 
 Every app answers the same two TechEmpower-style endpoints, ``/plaintext`` and ``/json``, and the
-same two with one ``await asyncio.sleep(0)`` in the handler (``/plaintext-sleep``, ``/json-sleep``).
+same two with one ``await asyncio.sleep(0)`` in the handler (``/plaintext-sleep``, ``/json-sleep``),
+and with that await inside ``asyncio.timeout(30)`` (``/plaintext-timeout``, ``/json-timeout``): the
+standard library's nearest equivalent of a token scope, as a reference point.
 The middleware apps add ``/plaintext-token`` and ``/json-token``: the same handler body, but awaited
 inside ``async with request_aborted(request).scope():``, so comparing them with the ``-sleep``
 endpoints of the bare app measures what taking the token costs and nothing else.
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from request_aborted import CancellationToken, Registration
 
 TEXT = "Hello, World!"
-WATCH_DELAY = 0.002  # seconds, for middleware_watch_delay()
+WATCH_DELAY = float(os.environ.get("RA_WATCH_DELAY", "0.002"))  # seconds, for middleware_watch_delay()
 MESSAGE = {"message": TEXT}
 
 
@@ -53,6 +55,18 @@ async def plaintext_sleep(request: Request) -> Response:
 
 async def json_sleep(request: Request) -> Response:
     await asyncio.sleep(0)
+    return JSONResponse(MESSAGE)
+
+
+async def plaintext_timeout(request: Request) -> Response:
+    async with asyncio.timeout(30):
+        await asyncio.sleep(0)
+    return PlainTextResponse(TEXT)
+
+
+async def json_timeout(request: Request) -> Response:
+    async with asyncio.timeout(30):
+        await asyncio.sleep(0)
     return JSONResponse(MESSAGE)
 
 
@@ -87,6 +101,8 @@ def _base_routes() -> list[Route]:
         Route("/json", json_endpoint),
         Route("/plaintext-sleep", plaintext_sleep),
         Route("/json-sleep", json_sleep),
+        Route("/plaintext-timeout", plaintext_timeout),
+        Route("/json-timeout", json_timeout),
     ]
 
 

@@ -23,6 +23,8 @@ Variants (``bench/apps.py``):
                                                                       -> target c/(a+sleep) >= 0.90
 * (c') as (c), with the middleware's ``watch_delay=0.002``: the watcher task starts only if the
   handler is still running 2 ms after it first looked at its token
+* (f) no middleware: the bare app's handler awaits ``sleep(0)`` inside ``asyncio.timeout(30)``,
+  the standard library's nearest equivalent of (c)'s scope; what such a block costs by itself
 * (d) fastapi-disconnect's ``CancelOnDisconnectMiddleware``: it needs Python >= 3.12, so it runs
   only with ``--fd-python`` (an interpreter that has it), against a bare app on that interpreter
 * (e) a no-op ``BaseHTTPMiddleware``, the reference point most Starlette users know
@@ -98,6 +100,13 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         Variant("b", "(b) + middleware, token unused", "middleware", "/{endpoint}", "a", 0.95),
         Variant("e", "(e) + no-op BaseHTTPMiddleware", "base_http", "/{endpoint}", "a"),
         Variant("a+sleep", "(a+sleep) bare, handler awaits sleep(0)", "bare", "/{endpoint}-sleep"),
+        Variant(
+            "f",
+            "(f) bare, sleep(0) inside asyncio.timeout(30): no middleware, for reference",
+            "bare",
+            "/{endpoint}-timeout",
+            "a+sleep",
+        ),
         Variant(
             "c",
             "(c) + middleware, sleep(0) inside token.scope()",

@@ -13,32 +13,48 @@ So the channel is the only code that ever calls the server's ``receive``:
 * A disconnect is remembered and answered to every later ``receive()``, waking all readers.
 * A disconnect (or a ``send`` that fails with ``OSError``) before the response completed fires the
   token with ``ClientDisconnected``; one after it is just the server saying "done".
+
+The channel *is* the request's token source (a subclass), not an object beside it: most requests
+never look at their token, so everything per request is one allocation wherever it can be, and
+the source's hook methods (``_observed``, ``_cancelled``) reach the channel without a stored
+callback, which would make a reference cycle for the garbage collector to find.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ._exceptions import ClientDisconnected
 from ._loop import call_in_loop
+from ._token import CancellationTokenSource
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Send
-
-    from ._token import CancellationTokenSource
 
 __all__ = ["RequestChannel"]
 
 logger = logging.getLogger("request_aborted")
 
+
+class ChannelOptions(Protocol):
+    """The middleware's settings a channel reads (the middleware itself provides them)."""
+
+    @property
+    def max_buffer(self) -> int: ...
+
+    @property
+    def watch_delay(self) -> float: ...
+
+
 _DISCONNECT_TYPES = frozenset({"http.disconnect", "websocket.disconnect"})
 _GIVEN_UP: Message = {"type": "http.disconnect"}  # what the app reads once its token fired
 
 
-class RequestChannel:
+class RequestChannel(CancellationTokenSource):
     """Owns ``receive`` and watches ``send`` for one request; see the module docstring."""
 
     __slots__ = (
@@ -46,8 +62,7 @@ class RequestChannel:
         "_buffer",
         "_buffered",
         "_disconnect",
-        "_loop",
-        "_max_buffer",
+        "_options",
         "_pump",
         "_pump_error",
         "_pump_wakeup",
@@ -57,28 +72,38 @@ class RequestChannel:
         "_trailers",
         "_waiters",
         "_watch",
-        "_watch_delay",
         "completed",
         "interruptible",
-        "source",
         "started",
     )
+
+    _loop: asyncio.AbstractEventLoop  # always set here, unlike on a plain source
 
     def __init__(
         self,
         receive: Receive,
         send: Send,
-        source: CancellationTokenSource,
-        loop: asyncio.AbstractEventLoop,
-        max_buffer: int,
-        watch_delay: float = 0.0,
+        running: tuple[int, asyncio.AbstractEventLoop],
+        lock: threading.Lock,
+        options: ChannelOptions,
     ) -> None:
+        # This runs for every request, so it sets the source's slots itself rather than paying
+        # for a chained CancellationTokenSource.__init__ call (a test checks none is missed).
+        # The lock guards a few dictionary operations and is never held while taking another
+        # lock, so the requests of one middleware can share theirs.
+        self._reason: BaseException | None = None
+        self._cancelled_at: float | None = None
+        self._callbacks = None
+        self._lock = lock
+        self._unobserved = False
+        self._own_deadline: float | None = None
+        self._parents = ()
+        self._timer = None
+        self._token = None
+        self._thread, self._loop = running
         self._receive = receive
         self._send = send
-        self.source = source
-        self._loop = loop
-        self._max_buffer = max_buffer
-        self._watch_delay = watch_delay
+        self._options = options
         self._watch: asyncio.TimerHandle | None = None
         # Set when the token may fire on its own (a timeout, shutdown): then a read of the body
         # must be interruptible, so the app's reads go through the pump rather than straight to
@@ -113,7 +138,7 @@ class RequestChannel:
                 # Sticky, like the disconnect: the pump is gone, so every reader must hear of it.
                 raise self._pump_error
             if self.interruptible:
-                if self.source._reason is not None:
+                if self._reason is not None:
                     return _GIVEN_UP  # timed out or shutting down: the body is not wanted now
                 if self._pump is None:
                     self._start_pump()
@@ -141,9 +166,9 @@ class RequestChannel:
                 self.fire(ClientDisconnected())
 
     def fire(self, reason: BaseException) -> None:
-        """Cancel the request's source; a failing user callback is logged, not raised here."""
+        """Fire the token; a failing user callback is logged, not raised into the protocol flow."""
         try:
-            self.source.cancel(reason)
+            self.cancel(reason)
         except BaseException:  # deliberate: a user callback must not break the protocol flow
             logger.exception("a cancellation callback raised while the request was aborted")
 
@@ -168,17 +193,22 @@ class RequestChannel:
 
     # -- the pump ----------------------------------------------------------------------------
 
-    def observed(self) -> None:
-        """The token's observer hook: start watching, from whichever thread looked first."""
+    def _observed(self) -> None:
+        # Application code looked at the token, from whichever thread: start watching.
         call_in_loop(self._loop, self._watch_soon)
+
+    def _cancelled(self) -> None:
+        if self.interruptible:
+            self._wake_waiters()  # readers parked in receive() get their synthetic disconnect
 
     def _watch_soon(self) -> None:
         # Most requests that glance at their token are over within a millisecond or two, long
         # before a client could give up on them; a pump for each would cost more than the
         # request. So the pump starts ``watch_delay`` after the first look, if still wanted.
         if self._watch is None and self._pump is None:
-            if self._watch_delay > 0:
-                self._watch = self._loop.call_later(self._watch_delay, self._start_pump)
+            delay = self._options.watch_delay
+            if delay > 0:
+                self._watch = self._loop.call_later(delay, self._start_pump)
             else:
                 self._start_pump()
 
@@ -189,14 +219,12 @@ class RequestChannel:
 
     def make_interruptible(self) -> None:
         """Called by the owner when the token may fire without a disconnect (see __init__)."""
-        if not self.interruptible:
-            self.interruptible = True
-            self.source._on_cancel = self._wake_waiters
+        self.interruptible = True
 
     async def _run_pump(self) -> None:
         try:
             while self._disconnect is None:
-                if self._reading or (self._buffer and self._buffered >= self._max_buffer):
+                if self._reading or (self._buffer and self._buffered >= self._options.max_buffer):
                     # The app is mid-read, or has not drained what we hold: wait for it. (An empty
                     # buffer never blocks, or max_buffer=0 would leave nobody reading at all.)
                     self._pump_wakeup = self._loop.create_future()
@@ -238,7 +266,6 @@ class RequestChannel:
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.cancel()
-        self.source._on_cancel = None
 
     # -- send --------------------------------------------------------------------------------
 
@@ -249,7 +276,9 @@ class RequestChannel:
             self._trailers = message.get("trailers", False)
         elif kind == "http.response.body" or kind == "http.response.zerocopysend":
             if not message.get("more_body", False) and not self._trailers:
-                self._complete()
+                self.completed = True  # as in _complete(), inlined on the path every request takes
+                if self._timer is not None:
+                    self.cancel_after(None)
         elif kind == "http.response.trailers":
             if not message.get("more_trailers", False):
                 self._complete()
@@ -271,8 +300,8 @@ class RequestChannel:
         # Mark completion *before* the server sees the last message: while handling it the server
         # may wake a pending receive() with http.disconnect, which then means "done", not "gone".
         self.completed = True
-        if self.source._timer is not None:
-            self.source.cancel_after(None)  # a finished response can no longer time out
+        if self._timer is not None:
+            self.cancel_after(None)  # a finished response can no longer time out
 
 
 def _weight(message: Message) -> int:

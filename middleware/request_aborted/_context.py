@@ -38,7 +38,6 @@ NOT_INSTALLED: Final = (
 )
 
 
-
 class RequestContext(Protocol):
     """What the middleware publishes per request: the token, and the knob timeouts turn."""
 

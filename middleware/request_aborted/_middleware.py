@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _context
 from ._channel import RequestChannel
@@ -93,55 +94,77 @@ class RequestAbortedMiddleware:
         self.on_abort = on_abort
         self.max_buffer = max_buffer
         self.watch_delay = watch_delay
+        self.lock = threading.Lock()  # shared by this middleware's request sources
+        self._running: tuple[int, asyncio.AbstractEventLoop] | None = None
+
+    def running(self) -> tuple[int, asyncio.AbstractEventLoop]:
+        """This thread and its running loop, for less than ``asyncio.get_running_loop()`` costs.
+
+        On CPython 3.11 ``get_running_loop()`` makes a ``getpid()`` system call every time
+        (3.12 dropped it), measured here at a fifth of this middleware's per-request cost. A loop
+        found running in this thread before is the running loop while it still runs: two loops
+        cannot run in one thread at once. (Moving a loop to another thread while this thread
+        runs a new one would defeat it; asyncio allows that, nobody does it.)
+        """
+        thread = threading.get_ident()
+        cached = self._running
+        if cached is not None and cached[0] == thread and cached[1].is_running():
+            return cached
+        cached = self._running = (thread, asyncio.get_running_loop())
+        return cached
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if (kind != "http" and kind != "websocket") or _context.SCOPE_KEY in scope:
             await self.app(scope, receive, send)  # lifespan, or a second instance: pass through
             return
+        # Everything this request needs is the one _Request object (its token source and its
+        # channel) plus its token: the path every request takes, whether or not it looks.
         request = _Request(self, scope, receive, send)
         reset = _context.current.set(request)
         try:
-            await request.run()
+            try:
+                if self.enforce_after is None:
+                    await self.app(scope, request.receive, request.send)
+                else:
+                    await request.run_enforced(scope)
+            except BaseException as exc:
+                if request._reason is None or not is_fallout(exc):
+                    raise
+            finally:
+                request.close()
+            if request._reason is not None and kind == "http":
+                await request.finish_aborted(scope)
         finally:
+            # The last tie from the token (which outlives the request) to the server's objects
+            # (which keep the scope, which keeps the token): a reference cycle if left.
+            request._send = _send_over
             _context.current.reset(reset)
 
 
-class _Request:
-    """One request's token, timer and channel: the ``RequestContext`` handlers reach."""
+class _Request(RequestChannel):
+    """One request's token source, timer and channel: the ``RequestContext`` handlers reach."""
 
-    __slots__ = (
-        "_header_deadline",
-        "_registration",
-        "_status",
-        "channel",
-        "config",
-        "scope",
-        "source",
-        "started_at",
-        "token",
-    )
+    __slots__ = ("_header_deadline", "_live_token", "_registration", "_status", "config",
+                 "started_at")  # fmt: skip
 
     def __init__(
         self, config: RequestAbortedMiddleware, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        RequestChannel.__init__(self, receive, send, config.running(), config.lock, config)
         self.config = config
-        self.scope = scope
         self.started_at = time.monotonic()
-        self.source = source = CancellationTokenSource()
-        self.token = token = source.token
-        loop = asyncio.get_running_loop()
-        self.channel = channel = RequestChannel(
-            receive, send, source, loop, config.max_buffer, config.watch_delay
-        )
+        # Held strongly only while the request runs (close() drops it): a source that keeps
+        # its token is a reference cycle.
+        self._live_token: CancellationToken | None = CancellationToken(self)
+        scope[_context.SCOPE_KEY] = self._live_token
         if scope["type"] == "http":
-            source._observer = channel.observed
+            self._unobserved = True  # the first look at the token starts the watching
         self._status = config.timeout_status
         self._header_deadline: float | None = None
         self._registration: Registration | None = None
-        scope[_context.SCOPE_KEY] = token
         if config.deadline_headers:
-            self._read_deadline_headers()
+            self._read_deadline_headers(scope)
         if config.default_policy.timeout is not None or self._header_deadline is not None:
             self._arm(config.default_policy, config.default_policy_name)
         shutdown = config.shutdown
@@ -151,58 +174,67 @@ class _Request:
                 shutdown = lifetime.grace_expired
         if shutdown is not None:
             self._registration = shutdown.register(self._shutting_down)
-            channel.make_interruptible()
+            self.make_interruptible()
 
-    async def run(self) -> None:
-        config, channel, source = self.config, self.channel, self.source
-        app = config.app
-        enforcer = None
+    @property
+    def token(self) -> CancellationToken:
+        token = self._live_token
+        return token if token is not None else CancellationToken(self)
+
+    async def run_enforced(self, scope: Scope) -> None:
+        """Run the app under ``enforce_after``: cooperative first, forced later."""
+        enforcer = TokenScope(self.token, delay=self.config.enforce_after)
         try:
-            if config.enforce_after is None:
-                await app(self.scope, channel.receive, channel.send)
-            else:
-                enforcer = TokenScope(self.token, delay=config.enforce_after)
-                async with enforcer:
-                    await app(self.scope, channel.receive, channel.send)
-        except BaseException as exc:
-            reason = source._reason
-            if reason is None or not is_fallout(exc):
-                raise
-            if enforcer is not None and enforcer.cancelled_caught:
+            async with enforcer:
+                await self.config.app(scope, self.receive, self.send)
+        finally:
+            if enforcer.cancelled_caught:
                 logger.warning(
                     "%s %s ignored its cancelled token for %gs and was cancelled; "
                     "pass the token to the work it awaits",
-                    self.scope.get("method", ""),
-                    _route_name(self.scope),
-                    config.enforce_after,
+                    scope.get("method", ""),
+                    _route_name(scope),
+                    self.config.enforce_after,
                 )
-        finally:
-            # Code that looks at the token after the request (a task it spawned, a test) must not
-            # start a pump on a connection the server now owns, maybe on a loop already closed.
-            source._observer = None
-            registration, self._registration = self._registration, None
-            if registration is not None:
-                registration.unregister()
-            channel.close()
-            if source._timer is not None or source._parents:
-                source.close()
-        reason = source._reason
-        if reason is not None and self.scope["type"] == "http":
-            await self._finish_aborted(reason)
 
-    async def _finish_aborted(self, reason: BaseException) -> None:
-        channel = self.channel
+    def close(self) -> None:
+        """Stop watching, and drop what would tie the token to the server once the request is over.
+
+        The token outlives the request (it is in the scope, maybe in a task the handler started)
+        and refers to this object, so this object must not keep the token, nor the server's
+        ``receive``/``send`` (whose owner keeps the scope): those would be reference cycles.
+        ``send`` goes last, in the middleware, after an aborted request's final answer.
+        """
+        # Code that looks at the token after the request (a task it spawned, a test) must not
+        # start a pump on a connection the server now owns, maybe on a loop already closed.
+        self._unobserved = False
+        self._live_token = None
+        self._receive = _receive_over
+        if self._disconnect is None:
+            self._disconnect = _OVER  # a late receive() hears that the request is gone
+        registration = self._registration
+        if registration is not None:
+            self._registration = None
+            registration.unregister()
+        if self._watch is not None or self._pump is not None:
+            RequestChannel.close(self)
+        if self._timer is not None or self._parents:
+            CancellationTokenSource.close(self)
+
+    async def finish_aborted(self, scope: Scope) -> None:
+        reason = self._reason
+        assert reason is not None
         status = status_for(reason, self._status)
         await end_response(
-            channel.send, reason, status, started=channel.started, completed=channel.completed
+            self.send, reason, status, started=self.started, completed=self.completed
         )
         elapsed = time.monotonic() - self.started_at
-        self.scope[FIRED_AT_KEY] = self.source.cancelled_at
-        log_abort(self.scope, reason, status, elapsed)
+        scope[FIRED_AT_KEY] = self._cancelled_at
+        log_abort(scope, reason, status, elapsed)
         hook = self.config.on_abort
         if hook is not None:
             try:
-                hook(self.scope, reason, elapsed)
+                hook(scope, reason, elapsed)
             except Exception:
                 logger.exception("the on_abort hook raised")
 
@@ -211,8 +243,7 @@ class _Request:
     def set_timeout(self, timeout: float | str | None) -> None:
         """Re-arm the request's timer for an endpoint's own timeout, from any thread."""
         policy, name = resolve_policy(timeout, self.config.policies)
-        loop = self.channel._loop
-        call_in_loop(loop, self._arm, policy, name)
+        call_in_loop(self._loop, self._arm, policy, name)
 
     def _arm(self, policy: TimeoutPolicy, name: str | None) -> None:
         deadline = None if policy.timeout is None else self.started_at + policy.timeout
@@ -225,15 +256,15 @@ class _Request:
             name = "deadline-header"
         self._status = status
         if deadline is None:
-            self.source.cancel_after(None)
-        elif not self.channel.completed:
+            self.cancel_after(None)
+        elif not self.completed:
             reason = RequestTimedOut(timeout, name)
-            self.source.cancel_after(deadline - time.monotonic(), reason)
-            self.channel.make_interruptible()
+            self.cancel_after(deadline - time.monotonic(), reason)
+            self.make_interruptible()
 
-    def _read_deadline_headers(self) -> None:
+    def _read_deadline_headers(self, scope: Scope) -> None:
         headers = self.config.deadline_headers
-        for name, value in self.scope.get("headers", ()):
+        for name, value in scope.get("headers", ()):
             header = headers.get(name.lower())
             if header is None:
                 continue
@@ -247,8 +278,18 @@ class _Request:
 
     def _shutting_down(self, reason: BaseException) -> None:
         shutdown = reason if isinstance(reason, ServerShuttingDown) else ServerShuttingDown()
-        loop = self.channel._loop
-        call_in_loop(loop, self.channel.fire, shutdown)
+        call_in_loop(self._loop, self.fire, shutdown)
+
+
+_OVER: Final[Message] = {"type": "http.disconnect"}
+
+
+async def _receive_over() -> Message:
+    raise RuntimeError("the request is over: its receive() is closed")
+
+
+async def _send_over(message: Message) -> None:
+    raise RuntimeError("the request is over: its send() is closed")
 
 
 def _route_name(scope: Scope) -> str:

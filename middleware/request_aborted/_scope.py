@@ -17,15 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import threading
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from ._exceptions import OperationCancelled
 from ._loop import call_in_loop
+from ._registration import Registration
 
 if TYPE_CHECKING:
-    from ._token import CancellationToken, CancellationTokenSource, Registration
+    from ._token import CancellationToken, CancellationTokenSource
 
 __all__ = ["CriticalSection", "TokenScope"]
 
@@ -41,8 +43,12 @@ class _State(enum.Enum):
 _innermost: ContextVar[TokenScope | None] = ContextVar("request_aborted.scope", default=None)
 
 
-class TokenScope:
-    """Interrupts the enclosed block when its token fires; see ``CancellationToken.scope()``."""
+class TokenScope(Registration):
+    """Interrupts the enclosed block when its token fires; see ``CancellationToken.scope()``.
+
+    A scope is its own registration on the token's source, so entering one allocates nothing
+    else: handlers enter one per awaited call, on every request.
+    """
 
     __slots__ = (
         "_cancelling",
@@ -54,7 +60,6 @@ class TokenScope:
         "_outer",
         "_pending",
         "_reason",
-        "_registration",
         "_shields",
         "_state",
         "_task",
@@ -62,13 +67,14 @@ class TokenScope:
     )
 
     def __init__(self, token: CancellationToken, *, delay: float | None = None) -> None:
+        self._source = None  # set while registered
+        self._callback = None
         self._token = token
         self._delay = delay
         self._state = _State.CREATED
         self._task: asyncio.Task[object] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancelling = 0
-        self._registration: Registration | None = None
         self._handle: asyncio.Handle | None = None
         self._reason: BaseException | None = None
         self._outer: TokenScope | None = None
@@ -85,21 +91,28 @@ class TokenScope:
     async def __aenter__(self) -> Self:
         if self._state is not _State.CREATED:
             raise RuntimeError("a token scope can be entered only once")
-        task = asyncio.current_task()
+        source = self._token._source
+        task = None
+        if source is not None and source._thread == threading.get_ident():
+            # A request's token, on the request's own thread: its loop is the running one, and
+            # asking for its current task skips the getpid() that asyncio.current_task() makes
+            # on CPython 3.11. (None if the loop was replaced since: then ask asyncio.)
+            task = asyncio.current_task(source._loop)
         if task is None:
-            raise RuntimeError("token.scope() must be used inside an asyncio task")
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("token.scope() must be used inside an asyncio task")
         self._task = task
         self._loop = task.get_loop()
         self._cancelling = task.cancelling()
         self._state = _State.ENTERED
-        source = self._token._source
         if source is None:
             return self
         self._outer = _innermost.get()
         self._context = _innermost.set(self)
-        reason = source._reason
+        self._source = source
+        reason = source._add(self)
         if reason is None:
-            self._registration = source.register(self._on_fire)
             # Read the source, not our own state: a thread may be firing the token right now,
             # and whether its callback has reached us yet is a race. _schedule() then finds the
             # scope exited and does nothing.
@@ -131,15 +144,17 @@ class TokenScope:
             raise OperationCancelled(self._reason) from exc
 
     def _release(self) -> None:
-        registration, self._registration = self._registration, None
-        if registration is not None:
-            registration.unregister()
+        if self._source is not None:
+            self.unregister()
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.cancel()
         context, self._context = self._context, None
         if context is not None:
             _innermost.reset(context)
+
+    def _fire(self, reason: BaseException) -> None:
+        self._on_fire(reason)
 
     def _on_fire(self, reason: BaseException) -> None:
         # Runs in whichever thread fired the token, possibly inside this very task (even inside

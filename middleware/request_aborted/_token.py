@@ -7,8 +7,11 @@ token without losing the information *why* the work stopped.
 
 The hot path matters: the middleware builds one source per HTTP request, and most requests finish
 without anyone looking at the token. So a source allocates its callback table, its token view and
-its timer only when something asks for them, and a single ``observer`` hook lets the middleware
-start watching the connection the first time application code shows interest in the token.
+its timer only when something asks for them. Two hook methods, no-ops here, are what the
+middleware's per-request source overrides: ``_observed()`` runs the first time application code
+shows interest in the token (so the connection is watched only then), ``_cancelled()`` right after
+the source fired. They are methods rather than stored callbacks because a bound method kept on its
+own instance is a reference cycle, and cycles are what the cyclic GC has to find.
 """
 
 from __future__ import annotations
@@ -18,54 +21,15 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from ._exceptions import CancellationRequested, DeadlineExceeded, OperationCancelled, describe
 from ._loop import call_in_loop
+from ._registration import Callback, Registration
 from ._scope import CriticalSection, TokenScope
 
 __all__ = ["CancellationToken", "CancellationTokenSource", "Registration"]
-
-Callback = Callable[[BaseException], object]
-
-
-class Registration:
-    """A callback registered on a token; unregister it when the work it guards is over.
-
-    Unregistering matters for long-lived tokens: a registration that is never removed keeps its
-    callback, and everything the callback refers to, alive for as long as the source lives.
-    """
-
-    __slots__ = ("_callback", "_source")
-
-    def __init__(self, source: CancellationTokenSource | None, callback: Callback) -> None:
-        self._source = source
-        self._callback = callback
-
-    def unregister(self) -> bool:
-        """Remove the callback; return ``True`` if it had not run and now never will."""
-        source = self._source
-        if source is None:
-            return False
-        self._source = None
-        with source._lock:
-            callbacks = source._callbacks
-            if callbacks is None:
-                return False
-            return callbacks.pop(self, False) is None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.unregister()
 
 
 class CancellationTokenSource:
@@ -82,13 +46,14 @@ class CancellationTokenSource:
         "_callbacks",
         "_cancelled_at",
         "_lock",
-        "_observer",
-        "_on_cancel",
+        "_loop",
         "_own_deadline",
         "_parents",
         "_reason",
+        "_thread",
         "_timer",
         "_token",
+        "_unobserved",
     )
 
     def __init__(self, timeout: float | None = None) -> None:
@@ -97,10 +62,11 @@ class CancellationTokenSource:
         # Registration -> None: an insertion-ordered set with O(1) removal. Created on first use.
         self._callbacks: dict[Registration, None] | None = None
         self._lock = threading.Lock()
-        self._observer: Callable[[], object] | None = None
-        # The owner's own hook (the middleware wakes readers parked in receive()): runs first,
-        # and, unlike a registration, does not count as observing the token.
-        self._on_cancel: Callable[[], object] | None = None
+        self._unobserved = False  # True while _observed() is still to be called
+        # The loop, and the thread running it, when the source belongs to one (a request's):
+        # scopes then find their task without asking asyncio (see TokenScope.__aenter__).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
         self._own_deadline: float | None = None
         self._parents: tuple[tuple[CancellationTokenSource, Registration], ...] = ()
         self._timer: asyncio.TimerHandle | threading.Timer | None = None
@@ -195,16 +161,14 @@ class CancellationTokenSource:
             callbacks, self._callbacks = self._callbacks, None
         self._stop_timer()
         self._unlink()
-        on_cancel, self._on_cancel = self._on_cancel, None
-        if on_cancel is not None:
-            on_cancel()
+        self._cancelled()
         if not callbacks:
             return
         errors: list[BaseException] = []
         for registration in callbacks:
             registration._source = None
             try:
-                registration._callback(reason)
+                registration._fire(reason)
             except BaseException as exc:  # deliberate: collected, raised together below
                 errors.append(exc)
         if errors:
@@ -245,27 +209,41 @@ class CancellationTokenSource:
 
     def register(self, callback: Callback) -> Registration:
         """Register ``callback(reason)``; it runs at once, here, if the source already fired."""
-        if self._observer is not None:
-            self._notify_observer()
         registration = Registration(self, callback)
+        reason = self._add(registration)
+        if reason is not None:
+            callback(reason)
+        return registration
+
+    def _add(self, registration: Registration) -> BaseException | None:
+        """Register ``registration``; if the source has already fired, return the reason instead.
+
+        Counts as observing the token.
+        """
+        if self._unobserved:
+            self._notify_observer()
         with self._lock:
             if self._reason is None:
                 callbacks = self._callbacks
                 if callbacks is None:
                     callbacks = self._callbacks = {}
                 callbacks[registration] = None
-                return registration
+                return None
         registration._source = None
-        callback(self._reason)
-        return registration
+        return self._reason
 
     def _cancel_from_parent(self, reason: BaseException) -> None:
         self.cancel(reason)
 
     def _notify_observer(self) -> None:
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            observer()
+        self._unobserved = False
+        self._observed()
+
+    def _observed(self) -> None:
+        """Hook: application code looked at the token for the first time (any thread)."""
+
+    def _cancelled(self) -> None:
+        """Hook: the source has just fired; runs before the registered callbacks."""
 
     def _stop_timer(self) -> None:
         timer, self._timer = self._timer, None
@@ -312,7 +290,7 @@ class CancellationToken:
         source = self._source
         if source is None:
             return False
-        if source._observer is not None:
+        if source._unobserved:
             source._notify_observer()
         return source._reason is not None
 
@@ -327,7 +305,7 @@ class CancellationToken:
         source = self._source
         if source is None:
             return None
-        if source._observer is not None:
+        if source._unobserved:
             source._notify_observer()
         return source._reason
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 
 import anyio
 import pytest
@@ -274,20 +273,20 @@ def test_scope_survives_many_threads_racing_to_fire_while_it_is_entered() -> Non
 class _FiresFromAThreadWhileRegistering(CancellationTokenSource):
     """A source that another thread cancels right after a callback was registered on it.
 
-    This pins down the moment a ``scope()`` is most exposed: its callback is in the table, but
-    ``register()`` has not returned to ``__aenter__`` yet.
+    This pins down the moment a ``scope()`` is most exposed: it is in the source's table, but
+    the registration has not returned to ``__aenter__`` yet.
     """
 
     def __init__(self, reason: BaseException) -> None:
         super().__init__()
         self.fire_with = reason
 
-    def register(self, callback: Callable[[BaseException], object]) -> Registration:
-        registration = super().register(callback)
+    def _add(self, registration: Registration) -> BaseException | None:
+        reason = super()._add(registration)
         thread = threading.Thread(target=self.cancel, args=(self.fire_with,))
         thread.start()
         thread.join()
-        return registration
+        return reason
 
 
 def test_scope_entered_while_another_thread_fires_the_token_still_raises() -> None:

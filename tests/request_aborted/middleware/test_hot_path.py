@@ -1,0 +1,152 @@
+"""What the per-request fast path must still get right after being made cheap.
+
+Every request pays for the middleware, whether or not it looks at its token, so the request's
+source, channel and state are one object with hand-initialised slots, the running loop is found
+through a cache, and nothing the request leaves behind forms a reference cycle. These tests pin
+down the correctness those shortcuts must keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Literal
+
+import pytest
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Message, Receive, Scope, Send
+
+from request_aborted import (
+    ClientDisconnected,
+    OperationCancelled,
+    RequestAbortedMiddleware,
+    RequestTimedOut,
+    current_token,
+    request_aborted,
+)
+from request_aborted._context import current_request
+from request_aborted.testing import Exchange, Vanish
+
+from .test_hazards import routes
+
+START: Message = {"type": "http.response.start", "status": 200, "headers": []}
+BODY: Message = {"type": "http.response.body", "body": b"ok"}
+
+
+def test_every_slot_of_a_request_is_set_before_the_app_runs() -> None:
+    """The request's constructor sets its token source's slots itself: none may be missed."""
+    missing: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = current_request()
+        for cls in type(request).__mro__:
+            for name in getattr(cls, "__slots__", ()):
+                if name != "__weakref__" and not hasattr(request, name):
+                    missing.append(f"{cls.__name__}.{name}")
+        await send(START)
+        await send(BODY)
+
+    asyncio.run(Exchange(RequestAbortedMiddleware(app)).run())
+    assert missing == []
+
+
+@pytest.mark.parametrize("ending", ["unobserved", "observed", "disconnected", "timed-out"])
+def test_a_finished_request_leaves_nothing_for_the_cyclic_gc(
+    ending: Literal["unobserved", "observed", "disconnected", "timed-out"],
+) -> None:
+    """The token outlives the request and the server keeps the scope that holds it; if the
+    request kept the token or the server's receive/send, every request would be cyclic garbage.
+    The Exchange plays a server the way uvicorn is built: its receive/send are bound methods of
+    the object that holds the scope."""
+
+    async def handler(request: Request) -> Response:
+        if ending == "unobserved":
+            return PlainTextResponse("ok")
+        async with request_aborted(request).scope():
+            await asyncio.sleep(0 if ending == "observed" else 5)
+        return PlainTextResponse("ok")
+
+    app = routes(("/", handler), timeout=0.01 if ending == "timed-out" else None)
+    vanish = Vanish.in_handler(0.005) if ending == "disconnected" else None
+
+    async def main() -> list[str]:
+        await Exchange(app, vanish=vanish).run()  # warm what is created once
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                exchange = await Exchange(app, vanish=vanish).run()
+                assert exchange.token is not None
+            del exchange  # the last one too: all of them are now unreachable
+            gc.collect()
+            return [
+                type(obj).__qualname__
+                for obj in gc.garbage
+                if type(obj).__module__.startswith("request_aborted")
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+
+    assert asyncio.run(main()) == []
+
+
+def test_the_same_middleware_serves_one_loop_after_another() -> None:
+    """Test suites and reloaders run a new loop in the same thread: the cached loop must not
+    outlive its loop, or timers and watchers would land on a closed one."""
+    reasons: list[BaseException | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reasons.append(await current_token().wait())
+
+    middleware = RequestAbortedMiddleware(app, timeout=0.01)
+    for _ in range(3):
+        asyncio.run(Exchange(middleware).run())
+    assert [type(reason) for reason in reasons] == [RequestTimedOut] * 3
+
+
+def test_a_request_token_scope_on_another_threads_loop_interrupts_that_loop() -> None:
+    """A sync endpoint may run its own loop in its worker thread with the request's token: the
+    scope must interrupt the task on *that* loop, not look for one on the request's loop."""
+    outcome: list[str] = []
+
+    def sync_endpoint(request: Request) -> Response:
+        token = request_aborted(request)
+
+        async def work() -> None:
+            try:
+                async with token.scope():
+                    await asyncio.sleep(5)
+            except OperationCancelled as cancelled:
+                outcome.append(type(cancelled.reason).__name__)
+
+        asyncio.run(work())
+        return PlainTextResponse("done")
+
+    exchange = Exchange(routes(("/", sync_endpoint)), vanish=Vanish.in_handler(0.05))
+    asyncio.run(asyncio.wait_for(exchange.run(), 5))
+    assert outcome == ["ClientDisconnected"]
+    assert isinstance(exchange.reason, ClientDisconnected)
+
+
+def test_receive_and_send_kept_past_the_request_are_closed() -> None:
+    """A task that outlives its request gets a disconnect from receive() and an error from
+    send(): the connection belongs to the server again."""
+    kept: list[tuple[Receive, Send]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        kept.append((receive, send))
+        await send(START)
+        await send(BODY)
+
+    async def main() -> None:
+        await Exchange(RequestAbortedMiddleware(app)).run()
+        receive, send = kept[0]
+        assert await receive() == {"type": "http.disconnect"}
+        with pytest.raises(RuntimeError, match="request is over"):
+            await send(BODY)
+
+    asyncio.run(main())
