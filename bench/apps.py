@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from request_aborted import CancellationToken, Registration
 
 TEXT = "Hello, World!"
-WATCH_DELAY = float(os.environ.get("RA_WATCH_DELAY", "0.002"))  # seconds, for middleware_watch_delay()
+WATCH_DELAY = 0.0  # seconds, for middleware_eager(): a watcher from the first look
 MESSAGE = {"message": TEXT}
 
 
@@ -142,8 +142,8 @@ def middleware() -> Starlette:
     )
 
 
-def middleware_watch_delay() -> Starlette:
-    """(c') The middleware with ``watch_delay``: handlers done within it never start a watcher."""
+def middleware_eager() -> Starlette:
+    """(c') The middleware with ``watch_delay=0``: every handler that looks starts a watcher."""
     from request_aborted import RequestAbortedMiddleware
 
     return Starlette(

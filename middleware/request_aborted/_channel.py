@@ -29,8 +29,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from ._exceptions import ClientDisconnected
-from ._loop import call_in_loop
 from ._token import CancellationTokenSource
+from ._watchlist import Watchlist
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Send
@@ -71,7 +71,8 @@ class RequestChannel(CancellationTokenSource):
         "_send",
         "_trailers",
         "_waiters",
-        "_watch",
+        "_watch_at",
+        "_watchlist",
         "completed",
         "interruptible",
         "started",
@@ -83,7 +84,7 @@ class RequestChannel(CancellationTokenSource):
         self,
         receive: Receive,
         send: Send,
-        running: tuple[int, asyncio.AbstractEventLoop],
+        running: tuple[int, asyncio.AbstractEventLoop, Watchlist | None],
         lock: threading.Lock,
         options: ChannelOptions,
     ) -> None:
@@ -100,11 +101,11 @@ class RequestChannel(CancellationTokenSource):
         self._parents = ()
         self._timer = None
         self._token = None
-        self._thread, self._loop = running
+        self._thread, self._loop, self._watchlist = running
         self._receive = receive
         self._send = send
         self._options = options
-        self._watch: asyncio.TimerHandle | None = None
+        self._watch_at = -1.0  # when the watchlist starts the pump (while it waits there)
         # Set when the token may fire on its own (a timeout, shutdown): then a read of the body
         # must be interruptible, so the app's reads go through the pump rather than straight to
         # the server, and a fired token answers them.
@@ -194,8 +195,12 @@ class RequestChannel(CancellationTokenSource):
     # -- the pump ----------------------------------------------------------------------------
 
     def _observed(self) -> None:
-        # Application code looked at the token, from whichever thread: start watching.
-        call_in_loop(self._loop, self._watch_soon)
+        # Application code looked at the token, from whichever thread: start watching. (The
+        # request's own thread is checked directly: asyncio's check makes a system call on 3.11.)
+        if self._thread == threading.get_ident():
+            self._watch_soon()
+        else:
+            self._loop.call_soon_threadsafe(self._watch_soon)
 
     def _cancelled(self) -> None:
         if self.interruptible:
@@ -205,15 +210,14 @@ class RequestChannel(CancellationTokenSource):
         # Most requests that glance at their token are over within a millisecond or two, long
         # before a client could give up on them; a pump for each would cost more than the
         # request. So the pump starts ``watch_delay`` after the first look, if still wanted.
-        if self._watch is None and self._pump is None:
-            delay = self._options.watch_delay
-            if delay > 0:
-                self._watch = self._loop.call_later(delay, self._start_pump)
+        if self._watch_at < 0 and self._pump is None:
+            watchlist = self._watchlist
+            if watchlist is not None:
+                watchlist.add(self)
             else:
                 self._start_pump()
 
     def _start_pump(self) -> None:
-        self._watch = None
         if self._pump is None and self._disconnect is None and not self.completed:
             self._pump = self._loop.create_task(self._run_pump())
 
@@ -259,10 +263,8 @@ class RequestChannel(CancellationTokenSource):
     def close(self) -> None:
         """Stop watching. The pump is cancelled, not awaited: it is parked in the server's
         ``receive()`` and finishes at the loop's next turn, so the request need not wait for two
-        more turns of the loop to end (measured: that wait was most of the pump's cost)."""
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.cancel()
+        more turns of the loop to end (measured: that wait was most of the pump's cost). A
+        channel still on the watchlist stays there; the owner marks it over, so it never starts."""
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.cancel()

@@ -26,6 +26,7 @@ from request_aborted import (
     request_aborted,
 )
 from request_aborted._context import current_request
+from request_aborted._watchlist import Watchlist
 from request_aborted.testing import Exchange, Vanish
 
 from .test_hazards import routes
@@ -150,3 +151,101 @@ def test_receive_and_send_kept_past_the_request_are_closed() -> None:
             await send(BODY)
 
     asyncio.run(main())
+
+
+# -- watch_delay: the watchlist ------------------------------------------------------------------
+
+
+class _Channel:
+    """Stands in for a request's channel on the watchlist."""
+
+    def __init__(self, name: str, started: list[str]) -> None:
+        self.name = name
+        self.started = started
+        self._watch_at = -1.0
+
+    def _start_pump(self) -> None:
+        self.started.append(self.name)
+
+
+def test_the_watchlist_starts_each_channel_when_its_delay_is_up_with_one_timer() -> None:
+    started: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        watchlist = Watchlist(loop, 0.05)
+        first, second = _Channel("first", started), _Channel("second", started)
+        watchlist.add(first)
+        await asyncio.sleep(0.02)
+        watchlist.add(second)
+        timers = [handle for handle in loop._scheduled if not handle.cancelled()]  # type: ignore[attr-defined]
+        assert len(timers) == 1  # one timer, for the first to come due
+        assert second._watch_at - first._watch_at == pytest.approx(0.02, abs=0.015)
+        await asyncio.sleep(0.04)
+        assert started == ["first"]
+        await asyncio.sleep(0.04)
+        assert started == ["first", "second"]
+        assert len(watchlist) == 0
+
+    asyncio.run(main())
+
+
+class _CountingServer:
+    """A server whose receive() counts its callers: a pump is one more."""
+
+    def __init__(self) -> None:
+        self.receives = 0
+        self.gone = asyncio.Event()
+
+    async def receive(self) -> Message:
+        self.receives += 1
+        if self.receives == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        pass
+
+
+def test_a_handler_done_within_the_watch_delay_never_starts_a_watcher() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async with current_token().scope():  # observes the token
+            await asyncio.sleep(0)
+        await send(START)
+        await send(BODY)
+
+    async def main() -> int:
+        server = _CountingServer()
+        middleware = RequestAbortedMiddleware(app, watch_delay=0.05)
+        scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        await middleware(scope, server.receive, server.send)
+        await asyncio.sleep(0.1)  # past the delay: the request is over, so still no watcher
+        return server.receives
+
+    assert asyncio.run(main()) == 0
+
+
+def test_a_handler_still_running_after_the_watch_delay_hears_of_the_disconnect() -> None:
+    seen: list[float] = []
+
+    async def main() -> None:
+        server = _CountingServer()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            token = current_token()
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.01, server.gone.set)  # the client leaves, inside the delay
+            started = loop.time()
+            with pytest.raises(OperationCancelled):
+                async with token.scope():
+                    await asyncio.sleep(5)
+            seen.append(loop.time() - started)
+
+        middleware = RequestAbortedMiddleware(app, watch_delay=0.05)
+        scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        await middleware(scope, server.receive, server.send)
+
+    asyncio.run(main())
+    # noticed once the delay was up (50 ms after the first look), not at the disconnect (10 ms)
+    assert len(seen) == 1 and 0.04 <= seen[0] < 1.0
