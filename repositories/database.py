@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from request_aborted import CancellationToken
 from request_aborted.sqlalchemy import cancellable, install_cancellation
@@ -57,6 +57,12 @@ class Database:
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         install_cancellation(self.engine)
+        # Health probes get a connection of their own: a pool drained by slow reports is busy,
+        # not down, and a probe queued behind that work would report the database as down.
+        self._probe: AsyncEngine = create_async_engine(
+            url, poolclass=NullPool, connect_args=options.get("connect_args", {})
+        )
+        install_cancellation(self._probe)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @contextlib.asynccontextmanager
@@ -81,8 +87,8 @@ class Database:
         return not count
 
     async def ping(self, token: CancellationToken) -> None:
-        """One round trip; raises if the database cannot be reached."""
-        async with self.engine.connect() as connection, cancellable(connection, token):
+        """One round trip on a fresh connection; raises if the database cannot be reached."""
+        async with self._probe.connect() as connection, cancellable(connection, token):
             await connection.execute(text("SELECT 1"))
 
     def pool_status(self) -> PoolStatus:
@@ -93,6 +99,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        await self._probe.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

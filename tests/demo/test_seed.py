@@ -80,3 +80,22 @@ def test_command_line_refuses_to_seed_twice_unless_asked(tmp_path: Path) -> None
     assert skipped.returncode == 0 and "already seeded" in skipped.stderr
     reset = run("--reset")
     assert reset.returncode == 0 and "100%" in reset.stderr  # the progress bar
+
+
+def test_the_health_probe_answers_while_the_pool_is_drained(tmp_path: Path) -> None:
+    """A pool busy with slow work is not a database that is down: the probe does not queue."""
+
+    async def main() -> float:
+        database = Database(f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}", pool_size=1)
+        held = [await database.engine.connect() for _ in range(2)]  # pool_size + max_overflow
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.wait_for(database.ping(CancellationToken.NONE), timeout=5)
+            return loop.time() - started
+        finally:
+            for connection in held:
+                await connection.close()
+            await database.dispose()
+
+    assert asyncio.run(main()) < 5
