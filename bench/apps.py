@@ -7,8 +7,9 @@ fastapi-disconnect but not this package installed.
 
 Every app answers the same two TechEmpower-style endpoints, ``/plaintext`` and ``/json``, and the
 same two with one ``await asyncio.sleep(0)`` in the handler (``/plaintext-sleep``, ``/json-sleep``),
-and with that await inside ``asyncio.timeout(30)`` (``/plaintext-timeout``, ``/json-timeout``): the
-standard library's nearest equivalent of a token scope, as a reference point.
+and with that await inside ``asyncio.timeout(30)`` (``/plaintext-timeout``, ``/json-timeout``, the
+standard library's nearest equivalent of a token scope) or inside an ``async with`` that does
+nothing (``/plaintext-nothing``, ``/json-nothing``): reference points.
 The middleware apps add ``/plaintext-token`` and ``/json-token``: the same handler body, but awaited
 inside ``async with request_aborted(request).scope():``, so comparing them with the ``-sleep``
 endpoints of the bare app measures what taking the token costs and nothing else.
@@ -58,6 +59,28 @@ async def json_sleep(request: Request) -> Response:
     return JSONResponse(MESSAGE)
 
 
+class _Nothing:
+    """An async context manager that does nothing: what the ``async with`` syntax itself costs."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+async def plaintext_nothing(request: Request) -> Response:
+    async with _Nothing():
+        await asyncio.sleep(0)
+    return PlainTextResponse(TEXT)
+
+
+async def json_nothing(request: Request) -> Response:
+    async with _Nothing():
+        await asyncio.sleep(0)
+    return JSONResponse(MESSAGE)
+
+
 async def plaintext_timeout(request: Request) -> Response:
     async with asyncio.timeout(30):
         await asyncio.sleep(0)
@@ -101,6 +124,8 @@ def _base_routes() -> list[Route]:
         Route("/json", json_endpoint),
         Route("/plaintext-sleep", plaintext_sleep),
         Route("/json-sleep", json_sleep),
+        Route("/plaintext-nothing", plaintext_nothing),
+        Route("/json-nothing", json_nothing),
         Route("/plaintext-timeout", plaintext_timeout),
         Route("/json-timeout", json_timeout),
     ]

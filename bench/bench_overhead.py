@@ -25,6 +25,8 @@ Variants (``bench/apps.py``):
   handler first looks at its token (by default, only if it still runs 1 ms later)
 * (f) no middleware: the bare app's handler awaits ``sleep(0)`` inside ``asyncio.timeout(30)``,
   the standard library's nearest equivalent of (c)'s scope; what such a block costs by itself
+* (g) no middleware: the await inside an ``async with`` whose ``__aenter__``/``__aexit__`` do
+  nothing, what the block syntax itself costs
 * (d) fastapi-disconnect's ``CancelOnDisconnectMiddleware``: it needs Python >= 3.12, so it runs
   only with ``--fd-python`` (an interpreter that has it), against a bare app on that interpreter
 * (e) a no-op ``BaseHTTPMiddleware``, the reference point most Starlette users know
@@ -100,6 +102,13 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         Variant("b", "(b) + middleware, token unused", "middleware", "/{endpoint}", "a", 0.95),
         Variant("e", "(e) + no-op BaseHTTPMiddleware", "base_http", "/{endpoint}", "a"),
         Variant("a+sleep", "(a+sleep) bare, handler awaits sleep(0)", "bare", "/{endpoint}-sleep"),
+        Variant(
+            "g",
+            "(g) bare, sleep(0) inside an `async with` that does nothing, for reference",
+            "bare_again",
+            "/{endpoint}-nothing",
+            "a+sleep",
+        ),
         Variant(
             "f",
             "(f) bare, sleep(0) inside asyncio.timeout(30): no middleware, for reference",
