@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.util.concurrency import in_greenlet
@@ -65,7 +65,29 @@ class Binding:
             if guard.stopper is not None and not guard.stopper.done():
                 stoppers.append(guard.stopper)
         if stoppers:
-            await asyncio.shield(asyncio.gather(*stoppers, return_exceptions=True))
+            waiting = asyncio.gather(*stoppers, return_exceptions=True)
+            cancelled = await finish(waiting)
+            if cancelled is not None:
+                raise cancelled
+
+
+async def finish(task: asyncio.Future[Any]) -> asyncio.CancelledError | None:
+    """Wait for ``task`` to end even if this task is cancelled meanwhile; return that cancellation.
+
+    Clean-up on a connection (a rollback, an interrupt in flight) must be over before whoever
+    catches the cancellation hands the connection back to the pool: ``asyncio.shield`` alone lets
+    the cancellation through at once, the clean-up goes on in the background, and the pool can
+    check the connection in, or out to the next request, mid-clean-up. Seen here: a connection
+    left ``idle in transaction`` holding a cancelled request's INSERT. The wait is as long as the
+    clean-up, one round trip; the caller re-raises the cancellation afterwards.
+    """
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    return cancelled
 
 
 class Guard:

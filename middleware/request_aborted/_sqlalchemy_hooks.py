@@ -130,16 +130,26 @@ def _deadline_reason(token: CancellationToken, milliseconds: int) -> BaseExcepti
 
 
 def _on_commit(conn: Connection) -> None:
-    guard = guard_of(conn, create=False)
-    if guard is not None:
-        guard.quiesce()
-        guard.deadline_for = None
-    binding = bound.get()
-    reason = None if binding is None else binding.token.reason
-    if reason is not None:
-        # Refuse to start the point of no return; leave nothing open on the server either.
-        conn.dialect.do_rollback(conn.connection)
-        raise OperationCancelled(reason)
+    try:
+        guard = guard_of(conn, create=False)
+        if guard is not None:
+            guard.quiesce()
+            guard.deadline_for = None
+        binding = bound.get()
+        reason = None if binding is None else binding.token.reason
+        if reason is not None:
+            # Refuse to start the point of no return; leave nothing open on the server either.
+            conn.dialect.do_rollback(conn.connection)
+            raise OperationCancelled(reason)
+    except OperationCancelled:
+        raise
+    except BaseException:
+        # Cut short here (a plain task.cancel() while we waited or rolled back): once this hook
+        # raises, SQLAlchemy counts the transaction as over and would check the connection in
+        # without a rollback, leaving the server "idle in transaction" with the work in it.
+        # Invalidated, the connection is discarded, and the server rolls back when it closes.
+        conn.invalidate()
+        raise
 
 
 def _on_rollback(conn: Connection) -> None:

@@ -70,6 +70,7 @@ from request_aborted import (
     OperationCancelled,
 )
 
+from ._sqlalchemy_guard import finish
 from ._sqlalchemy_hooks import Binding, bound, install
 from ._sqlalchemy_pgcancel import refuse_side_connection
 
@@ -163,11 +164,15 @@ def _engine_of(db: AsyncSession | AsyncConnection) -> Engine | None:
 
 
 async def _rollback(db: AsyncSession | AsyncConnection) -> None:
-    """Roll back in a task of its own, so a cancellation arriving now cannot cut it short."""
+    """Roll back in a task of its own, which a cancellation arriving now cannot cut short and
+    which is over before that cancellation goes on (see ``finish``)."""
     task = asyncio.ensure_future(db.rollback())
+    cancelled = await finish(task)
     try:
-        await asyncio.shield(task)
+        task.result()
     except Exception:
         # The cancellation is the news; a connection that cannot roll back is invalidated by
         # SQLAlchemy and the pool discards it, which is all we could do here anyway.
         logger.warning("rollback after cancellation failed", exc_info=True)
+    if cancelled is not None:
+        raise cancelled
