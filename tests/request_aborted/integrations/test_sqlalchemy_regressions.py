@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from request_aborted import CancellationTokenSource, OperationCancelled
+from request_aborted._sqlalchemy_guard import Guard
 from request_aborted.sqlalchemy import cancellable
 from tests._fixtures.postgres import PostgresDatabase, PostgresServer
 
@@ -320,3 +321,43 @@ def test_cancellation_still_works_after_the_server_restarts(
             await engine.dispose()
 
     run(main())
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback"])
+def test_a_cancel_inside_the_commit_or_rollback_hook_leaves_no_transaction_pooled(
+    postgres_db: PostgresDatabase, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """Once a commit or rollback hook raises, SQLAlchemy counts the transaction as over and pools
+    the connection without a ROLLBACK; a plain cancel landing in the hook (here, while it waits
+    for an interrupt in flight) must not leave the server idle in transaction with the work."""
+    postgres_db.query("CREATE TABLE t (x int)")
+
+    async def main() -> list[str]:
+        engine = engine_for(postgres_db.dsn, pool_size=1, max_overflow=0)
+        try:
+            token = CancellationTokenSource().token
+            with pytest.raises(asyncio.CancelledError):
+                async with AsyncSession(engine) as session, cancellable(session, token):
+                    await session.execute(text("INSERT INTO t VALUES (1)"))
+
+                    def cut_short(guard: object) -> None:
+                        monkeypatch.undo()  # once: the clean-up after it runs as usual
+                        raise asyncio.CancelledError
+
+                    monkeypatch.setattr(Guard, "quiesce", cut_short)
+                    if ending == "commit":
+                        await session.commit()
+                    else:
+                        await session.rollback()
+            rows = await postgres_db.fetch(
+                "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            async with AsyncSession(engine) as session:  # the pool still serves
+                assert await session.scalar(text("SELECT count(*) FROM t")) == 0
+            return [row["state"] for row in rows]
+        finally:
+            await engine.dispose()
+
+    states = run(main())
+    assert not any(state and state.startswith("idle in transaction") for state in states)
