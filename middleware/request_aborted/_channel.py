@@ -26,6 +26,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ._exceptions import ClientDisconnected
@@ -194,13 +195,21 @@ class RequestChannel(CancellationTokenSource):
 
     # -- the pump ----------------------------------------------------------------------------
 
-    def _observed(self) -> None:
-        # Application code looked at the token, from whichever thread: start watching. (The
-        # request's own thread is checked directly: asyncio's check makes a system call on 3.11.)
+    def on_loop(self, callback: Callable[..., object], *args: object) -> None:
+        """Call ``callback(*args)`` now on the request's own thread, else hand it to its loop.
+
+        ``_loop.call_in_loop`` for a request: the request's loop runs in the request's thread for
+        as long as the request lives, so comparing threads answers "am I on the loop?" without
+        asking asyncio, whose check makes a system call on CPython 3.11.
+        """
         if self._thread == threading.get_ident():
-            self._watch_soon()
+            callback(*args)
         else:
-            self._loop.call_soon_threadsafe(self._watch_soon)
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _observed(self) -> None:
+        # Application code looked at the token, from whichever thread: start watching.
+        self.on_loop(self._watch_soon)
 
     def _cancelled(self) -> None:
         if self.interruptible:

@@ -24,7 +24,6 @@ from ._channel import RequestChannel
 from ._deadline import DeadlineHeader
 from ._edge import end_response, is_fallout, log_abort, status_for
 from ._exceptions import RequestTimedOut, ServerShuttingDown
-from ._loop import call_in_loop
 from ._scope import TokenScope
 from ._timeouts import TimeoutPolicy, resolve_policy
 from ._token import CancellationToken, CancellationTokenSource, Registration
@@ -248,7 +247,7 @@ class _Request(RequestChannel):
     def set_timeout(self, timeout: float | str | None) -> None:
         """Re-arm the request's timer for an endpoint's own timeout, from any thread."""
         policy, name = resolve_policy(timeout, self.config.policies)
-        call_in_loop(self._loop, self._arm, policy, name)
+        self.on_loop(self._arm, policy, name)
 
     def _arm(self, policy: TimeoutPolicy, name: str | None) -> None:
         deadline = None if policy.timeout is None else self.started_at + policy.timeout
@@ -283,7 +282,7 @@ class _Request(RequestChannel):
 
     def _shutting_down(self, reason: BaseException) -> None:
         shutdown = reason if isinstance(reason, ServerShuttingDown) else ServerShuttingDown()
-        call_in_loop(self._loop, self.fire, shutdown)
+        self.on_loop(self.fire, shutdown)
 
 
 _OVER: Final[Message] = {"type": "http.disconnect"}
