@@ -154,11 +154,9 @@ class TokenScope(Registration):
             _innermost.reset(context)
 
     def _fire(self, reason: BaseException) -> None:
-        self._on_fire(reason)
-
-    def _on_fire(self, reason: BaseException) -> None:
-        # Runs in whichever thread fired the token, possibly inside this very task (even inside
-        # register() in __aenter__, which then refuses to start the block).
+        # The source calls this as it would a plain registration's callback: in whichever thread
+        # fired the token, possibly inside this very task (even inside _add() in __aenter__,
+        # which then refuses to start the block).
         self._reason = reason
         loop = self._loop
         assert loop is not None
