@@ -47,9 +47,6 @@ class ChannelOptions(Protocol):
     @property
     def max_buffer(self) -> int: ...
 
-    @property
-    def watch_delay(self) -> float: ...
-
 
 _DISCONNECT_TYPES = frozenset({"http.disconnect", "websocket.disconnect"})
 _GIVEN_UP: Message = {"type": "http.disconnect"}  # what the app reads once its token fired

@@ -149,14 +149,14 @@ class RequestAbortedMiddleware:
 class _Request(RequestChannel):
     """One request's token source, timer and channel: the ``RequestContext`` handlers reach."""
 
-    __slots__ = ("_header_deadline", "_live_token", "_registration", "_status", "config",
-                 "started_at")  # fmt: skip
+    __slots__ = ("_header_deadline", "_live_token", "_registration", "_status", "started_at")
+
+    _options: RequestAbortedMiddleware  # the channel's options are the whole middleware
 
     def __init__(
         self, config: RequestAbortedMiddleware, scope: Scope, receive: Receive, send: Send
     ) -> None:
         RequestChannel.__init__(self, receive, send, config.running(), config.lock, config)
-        self.config = config
         self.started_at = time.monotonic()
         # Held strongly only while the request runs (close() drops it): a source that keeps
         # its token is a reference cycle.
@@ -187,10 +187,10 @@ class _Request(RequestChannel):
 
     async def run_enforced(self, scope: Scope) -> None:
         """Run the app under ``enforce_after``: cooperative first, forced later."""
-        enforcer = TokenScope(self.token, delay=self.config.enforce_after)
+        enforcer = TokenScope(self.token, delay=self._options.enforce_after)
         try:
             async with enforcer:
-                await self.config.app(scope, self.receive, self.send)
+                await self._options.app(scope, self.receive, self.send)
         finally:
             if enforcer.cancelled_caught:
                 logger.warning(
@@ -198,7 +198,7 @@ class _Request(RequestChannel):
                     "pass the token to the work it awaits",
                     scope.get("method", ""),
                     _route_name(scope),
-                    self.config.enforce_after,
+                    self._options.enforce_after,
                 )
 
     def close(self) -> None:
@@ -235,7 +235,7 @@ class _Request(RequestChannel):
         elapsed = time.monotonic() - self.started_at
         scope[FIRED_AT_KEY] = self._cancelled_at
         log_abort(scope, reason, status, elapsed)
-        hook = self.config.on_abort
+        hook = self._options.on_abort
         if hook is not None:
             try:
                 hook(scope, reason, elapsed)
@@ -246,17 +246,18 @@ class _Request(RequestChannel):
 
     def set_timeout(self, timeout: float | str | None) -> None:
         """Re-arm the request's timer for an endpoint's own timeout, from any thread."""
-        policy, name = resolve_policy(timeout, self.config.policies)
+        policy, name = resolve_policy(timeout, self._options.policies)
         self.on_loop(self._arm, policy, name)
 
     def _arm(self, policy: TimeoutPolicy, name: str | None) -> None:
         deadline = None if policy.timeout is None else self.started_at + policy.timeout
         timeout, status = policy.timeout, policy.status_code
+        default_status = self._options.timeout_status
         if name is None:  # a plain number, not a named policy
-            status = self.config.timeout_status
+            status = default_status
         header = self._header_deadline
         if header is not None and (deadline is None or header < deadline):
-            deadline, timeout, status = header, header - self.started_at, self.config.timeout_status
+            deadline, timeout, status = header, header - self.started_at, default_status
             name = "deadline-header"
         self._status = status
         if deadline is None:
@@ -267,7 +268,7 @@ class _Request(RequestChannel):
             self.make_interruptible()
 
     def _read_deadline_headers(self, scope: Scope) -> None:
-        headers = self.config.deadline_headers
+        headers = self._options.deadline_headers
         for name, value in scope.get("headers", ()):
             header = headers.get(name.lower())
             if header is None:
