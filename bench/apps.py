@@ -23,6 +23,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -31,7 +32,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from request_aborted import CancellationToken, Registration
@@ -192,6 +193,85 @@ def fastapi_disconnect() -> Starlette:
     from fastapi_disconnect import CancelOnDisconnectMiddleware
 
     return Starlette(routes=_base_routes(), middleware=[Middleware(CancelOnDisconnectMiddleware)])
+
+
+class _Floor:
+    """The least per-request work issue 3 demands of *any* implementation, for reference.
+
+    A token object in the scope, a ``ContextVar`` for ``current_token()`` (set and reset), an
+    ``async`` wrapper around ``receive`` that remembers a disconnect (the middleware owns
+    ``receive``), and one around ``send`` that knows whether the response started and completed (a
+    disconnect after completion is not an abort) and fires on an ``OSError`` from the server
+    before the app sees it (hazard 8). Nothing else: no timeouts, no shutdown, no read-ahead, no
+    watching. Whatever this costs, no middleware meeting the criteria costs less.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = _FloorRequest(receive, send)
+        scope["floor.token"] = _FloorToken(request)
+        reset = _floor_current.set(request)
+        try:
+            await self.app(scope, request.receive, request.send)
+        finally:
+            # Else scope -> token -> request -> the server's objects -> scope: a cycle.
+            request.server_receive = request.server_send = None
+            _floor_current.reset(reset)
+
+
+class _FloorToken:
+    __slots__ = ("source",)
+
+    def __init__(self, source: _FloorRequest) -> None:
+        self.source = source
+
+
+class _FloorRequest:
+    __slots__ = ("completed", "disconnected", "fired", "server_receive", "server_send", "started")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self.server_receive: Receive | None = receive
+        self.server_send: Send | None = send
+        self.started = False
+        self.completed = False
+        self.fired = False
+        self.disconnected = False
+
+    async def receive(self) -> Message:
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        assert self.server_receive is not None
+        message = await self.server_receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+            self.fired = self.fired or not self.completed
+        return message
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.completed = True
+        assert self.server_send is not None
+        try:
+            await self.server_send(message)
+        except OSError:
+            self.fired = True
+            raise
+
+
+_floor_current: ContextVar[_FloorRequest] = ContextVar("bench.floor")
+
+
+def floor() -> Starlette:
+    """(h) and (h'): the reference floor, ``_Floor``, around the bare app's routes."""
+    return Starlette(routes=_base_routes(), middleware=[Middleware(_Floor)])
 
 
 # -- bench_disconnect_latency.py ------------------------------------------------------------------

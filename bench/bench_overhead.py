@@ -100,6 +100,13 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     found = [
         Variant("a", "(a) bare Starlette", "bare", "/{endpoint}"),
         Variant("b", "(b) + middleware, token unused", "middleware", "/{endpoint}", "a", 0.95),
+        Variant(
+            "h",
+            "(h) + the floor: the least any middleware meeting the criteria does, for reference",
+            "floor",
+            "/{endpoint}",
+            "a",
+        ),
         Variant("e", "(e) + no-op BaseHTTPMiddleware", "base_http", "/{endpoint}", "a"),
         Variant("a+sleep", "(a+sleep) bare, handler awaits sleep(0)", "bare", "/{endpoint}-sleep"),
         Variant(
@@ -114,6 +121,14 @@ def variants(args: argparse.Namespace) -> list[Variant]:
             "(f) bare, sleep(0) inside asyncio.timeout(30): no middleware, for reference",
             "bare_again",
             "/{endpoint}-timeout",
+            "a+sleep",
+        ),
+        Variant(
+            "h'",
+            "(h') + the floor, sleep(0) inside an `async with` that does nothing: the least any "
+            "(c) can cost, for reference",
+            "floor",
+            "/{endpoint}-nothing",
             "a+sleep",
         ),
         Variant(
@@ -162,6 +177,7 @@ def servers_for(args: argparse.Namespace) -> dict[str, Spec]:
         "middleware": Spec("middleware"),
         "middleware_eager": Spec("middleware_eager"),
         "base_http": Spec("base_http"),
+        "floor": Spec("floor"),
         "bare_fd": Spec("bare", python=args.fd_python),
         "fd": Spec("fastapi_disconnect", python=args.fd_python),
     }
