@@ -39,6 +39,7 @@ AbortHook = Callable[[Scope, BaseException, float], object]
 FIRED_AT_KEY: Final = "request_aborted.fired_at"  # for on_abort hooks: when the token fired
 DEFAULT_MAX_BUFFER: Final = 1 << 20
 DEFAULT_WATCH_DELAY: Final = 0.001  # see the class docstring
+MAX_WATCH_DELAY: Final = 1.0
 
 
 class RequestAbortedMiddleware:
@@ -58,9 +59,10 @@ class RequestAbortedMiddleware:
     * ``max_buffer``: body bytes read ahead while watching for a disconnect before reading pauses
       until the app catches up (backpressure).
     * ``watch_delay``: how long after application code first observes the token the connection
-      starts being watched (seconds; default 1 ms, ``0`` for at once). Handlers that observe their
-      token and finish sooner never pay for a watcher task; a disconnect inside that window is
-      noticed when it ends.
+      starts being watched (seconds; default 1 ms, ``0`` for at once, at most ``MAX_WATCH_DELAY``).
+      Handlers that observe their token and finish sooner never pay for a watcher task; a
+      disconnect inside that window is noticed when it ends. The watchlist holds every request
+      that looked within the last ``watch_delay``, finished or not, hence the bound.
     """
 
     def __init__(
@@ -77,6 +79,11 @@ class RequestAbortedMiddleware:
         max_buffer: int = DEFAULT_MAX_BUFFER,
         watch_delay: float = DEFAULT_WATCH_DELAY,
     ) -> None:
+        if not 0 <= watch_delay <= MAX_WATCH_DELAY:
+            raise ValueError(
+                f"watch_delay must be between 0 and {MAX_WATCH_DELAY:g} seconds, not "
+                f"{watch_delay!r}: a disconnect inside it is noticed only when it ends"
+            )
         self.app = app
         # Timeouts given as plain numbers answer with timeout_status; a TimeoutPolicy names its own.
         self.policies = {

@@ -36,6 +36,7 @@ Serve = Callable[..., ServerProcess]
 
 pytestmark = pytest.mark.e2e
 
+
 def cpu_seconds(demo: Demo) -> float:
     times = psutil.Process(demo.server.process.pid).cpu_times()
     return float(times.user + times.system)

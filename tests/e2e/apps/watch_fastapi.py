@@ -22,6 +22,7 @@ events: list[dict[str, Any]] = []
 @app.get("/slow")
 async def slow(token: RequestAborted) -> dict[str, str]:
     events.append({"path": "/slow", "event": "started", "at": time.monotonic()})
+
     def fired(reason: BaseException) -> None:
         event = {"path": "/slow", "event": "fired", "reason": type(reason).__name__}
         events.append({**event, "at": time.monotonic()})

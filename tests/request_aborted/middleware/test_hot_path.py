@@ -249,3 +249,16 @@ def test_a_handler_still_running_after_the_watch_delay_hears_of_the_disconnect()
     asyncio.run(main())
     # noticed once the delay was up (50 ms after the first look), not at the disconnect (10 ms)
     assert len(seen) == 1 and 0.04 <= seen[0] < 1.0
+
+
+@pytest.mark.parametrize("watch_delay", [-0.001, 1.5, float("nan")])
+def test_a_watch_delay_outside_zero_to_one_second_is_refused(watch_delay: float) -> None:
+    # The watchlist keeps every request that looked within the last watch_delay, finished or not,
+    # and a disconnect inside it is noticed only when it ends: a long delay defeats both.
+    with pytest.raises(ValueError, match="watch_delay must be between 0 and 1 seconds"):
+        RequestAbortedMiddleware(PlainTextResponse("ok"), watch_delay=watch_delay)
+
+
+def test_the_watch_delay_bounds_are_accepted() -> None:
+    assert RequestAbortedMiddleware(PlainTextResponse("ok"), watch_delay=0).watch_delay == 0
+    assert RequestAbortedMiddleware(PlainTextResponse("ok"), watch_delay=1).watch_delay == 1
