@@ -8,8 +8,9 @@ fastapi-disconnect but not this package installed.
 Every app answers the same two TechEmpower-style endpoints, ``/plaintext`` and ``/json``, and the
 same two with one ``await asyncio.sleep(0)`` in the handler (``/plaintext-sleep``, ``/json-sleep``),
 and with that await inside ``asyncio.timeout(30)`` (``/plaintext-timeout``, ``/json-timeout``, the
-standard library's nearest equivalent of a token scope) or inside an ``async with`` that does
-nothing (``/plaintext-nothing``, ``/json-nothing``): reference points.
+standard library's nearest equivalent of a token scope), inside an ``async with`` that does
+nothing (``/plaintext-nothing``, ``/json-nothing``) or inside a plain ``with`` that does nothing
+(``/plaintext-with``, ``/json-with``): reference points.
 The middleware apps add ``/plaintext-token`` and ``/json-token``: the same handler body, but awaited
 inside ``async with request_aborted(request).scope():``, so comparing them with the ``-sleep``
 endpoints of the bare app measures what taking the token costs and nothing else.
@@ -82,6 +83,28 @@ async def json_nothing(request: Request) -> Response:
     return JSONResponse(MESSAGE)
 
 
+class _NothingSync:
+    """A plain context manager that does nothing, as a scope usable with ``with`` would be."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+async def plaintext_with(request: Request) -> Response:
+    with _NothingSync():
+        await asyncio.sleep(0)
+    return PlainTextResponse(TEXT)
+
+
+async def json_with(request: Request) -> Response:
+    with _NothingSync():
+        await asyncio.sleep(0)
+    return JSONResponse(MESSAGE)
+
+
 async def plaintext_timeout(request: Request) -> Response:
     async with asyncio.timeout(30):
         await asyncio.sleep(0)
@@ -127,6 +150,8 @@ def _base_routes() -> list[Route]:
         Route("/json-sleep", json_sleep),
         Route("/plaintext-nothing", plaintext_nothing),
         Route("/json-nothing", json_nothing),
+        Route("/plaintext-with", plaintext_with),
+        Route("/json-with", json_with),
         Route("/plaintext-timeout", plaintext_timeout),
         Route("/json-timeout", json_timeout),
     ]

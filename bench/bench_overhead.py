@@ -27,6 +27,11 @@ Variants (``bench/apps.py``):
   the standard library's nearest equivalent of (c)'s scope; what such a block costs by itself
 * (g) no middleware: the await inside an ``async with`` whose ``__aenter__``/``__aexit__`` do
   nothing, what the block syntax itself costs
+* (h) the floor: ``_Floor``, the least per-request work the criteria demand of any middleware
+  (token in the scope, context variable, ``receive``/``send`` wrappers), token unused; (h') the
+  floor with the handler's ``sleep(0)`` inside an ``async with`` that does nothing, the least any
+  (c) can cost; (h'') the same with a plain ``with`` (a scope could be a synchronous context
+  manager, as anyio's ``CancelScope`` is)
 * (d) fastapi-disconnect's ``CancelOnDisconnectMiddleware``: it needs Python >= 3.12, so it runs
   only with ``--fd-python`` (an interpreter that has it), against a bare app on that interpreter
 * (e) a no-op ``BaseHTTPMiddleware``, the reference point most Starlette users know
@@ -129,6 +134,13 @@ def variants(args: argparse.Namespace) -> list[Variant]:
             "(c) can cost, for reference",
             "floor",
             "/{endpoint}-nothing",
+            "a+sleep",
+        ),
+        Variant(
+            "h''",
+            "(h'') as (h'), with a plain `with` that does nothing instead, for reference",
+            "floor",
+            "/{endpoint}-with",
             "a+sleep",
         ),
         Variant(
