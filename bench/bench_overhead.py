@@ -31,7 +31,8 @@ Variants (``bench/apps.py``):
   (token in the scope, context variable, ``receive``/``send`` wrappers), token unused; (h') the
   floor with the handler's ``sleep(0)`` inside an ``async with`` that does nothing, the least any
   (c) can cost; (h'') the same with a plain ``with`` (a scope could be a synchronous context
-  manager, as anyio's ``CancelScope`` is)
+  manager, as anyio's ``CancelScope`` is); (b-h) the middleware paired with the floor directly,
+  which measures the part of (b) that is ours rather than any conforming middleware's
 * (d) fastapi-disconnect's ``CancelOnDisconnectMiddleware``: it needs Python >= 3.12, so it runs
   only with ``--fd-python`` (an interpreter that has it), against a bare app on that interpreter
 * (e) a no-op ``BaseHTTPMiddleware``, the reference point most Starlette users know
@@ -111,6 +112,13 @@ def variants(args: argparse.Namespace) -> list[Variant]:
             "floor",
             "/{endpoint}",
             "a",
+        ),
+        Variant(
+            "b-h",
+            "(b-h) the middleware against the floor (h), paired directly: our own share",
+            "middleware",
+            "/{endpoint}",
+            "h",
         ),
         Variant("e", "(e) + no-op BaseHTTPMiddleware", "base_http", "/{endpoint}", "a"),
         Variant("a+sleep", "(a+sleep) bare, handler awaits sleep(0)", "bare", "/{endpoint}-sleep"),
