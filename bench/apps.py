@@ -295,7 +295,7 @@ _floor_current: ContextVar[_FloorRequest] = ContextVar("bench.floor")
 
 
 def floor() -> Starlette:
-    """(h) and (h'): the reference floor, ``_Floor``, around the bare app's routes."""
+    """(h), (h'), (h'') and (b-h): the reference floor, ``_Floor``, around the bare app's routes."""
     return Starlette(routes=_base_routes(), middleware=[Middleware(_Floor)])
 
 
