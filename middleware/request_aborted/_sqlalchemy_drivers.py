@@ -10,6 +10,9 @@ So the token interrupts the *driver* and lets the statement fail in the ordinary
   through asyncpg's own ``Connection._cancel_current_command``, which also tracks the helper task
   so connection teardown cleans it up. Either way the backend answers the running statement with
   SQLSTATE 57014 and the connection stays in the pool.
+* psycopg 3: the same side connection, or else psycopg's public ``AsyncConnection.cancel_safe()``
+  (libpq 17's non-blocking cancel; older libpq runs ``cancel()`` in a thread). It returns once the
+  server has closed the cancel socket, i.e. has signalled the backend, like asyncpg's.
 * aiosqlite: ``sqlite3.Connection.interrupt()``, which SQLite allows from any thread.
 
 A cancel request that reaches the server before the statement does is ignored, so interrupts are
@@ -19,6 +22,7 @@ repeated (with back-off) for as long as the same statement is still running; see
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -35,6 +39,9 @@ __all__ = [
 ]
 
 QUERY_CANCELED: Final = "57014"
+CANCEL_TIMEOUT: Final = 5.0
+
+logger = logging.getLogger("request_aborted.sqlalchemy")
 
 
 class Interrupter(Protocol):
@@ -78,6 +85,29 @@ class _AsyncpgCancel:
         await delivered
 
 
+class _PsycopgCancel:
+    first_retry = 0.005
+
+    def __init__(self, connection: Any, side: Callable[[], SideCanceller | None]) -> None:
+        self._connection = connection
+        self._side = side
+
+    def poke(self) -> None:
+        pass  # both ways to cancel need I/O: the stopper task does it
+
+    async def interrupt(self) -> None:
+        connection = self._connection
+        if connection.closed:
+            return
+        side = self._side()
+        if side is not None and await side.cancel(connection.info.backend_pid):
+            return
+        try:
+            await connection.cancel_safe(timeout=CANCEL_TIMEOUT)
+        except Exception as exc:  # the statement runs on; the guard tries again shortly
+            logger.warning("psycopg cancel request failed: %s", exc)
+
+
 class _SqliteInterrupt:
     first_retry = 0.001
 
@@ -100,6 +130,8 @@ def interrupter_for(
     module = type(driver_connection).__module__
     if module.startswith("asyncpg"):
         return _AsyncpgCancel(driver_connection, side)
+    if module == "psycopg" or module.startswith("psycopg."):
+        return _PsycopgCancel(driver_connection, side)
     if module.startswith("aiosqlite"):
         return _SqliteInterrupt(driver_connection)
     return None

@@ -6,9 +6,17 @@ to stop a statement. ``SELECT pg_cancel_backend(pid)`` on a connection that is a
 about half a millisecond, and like the cancel request it has signalled the backend by the time it
 returns, so a statement sent afterwards cannot be hit. Requests that arrive together are sent as one
 query. When the side connection cannot be used (no permission, connection failures, a backend pid
-the server does not know), the caller falls back to the cancel request. Behind a pooler such as
-PgBouncer the pids clients see are not the server's, so ``pg_cancel_backend`` must not be used at
-all there: ``install_cancellation(engine, side_connection=False)``.
+the server does not know), the caller falls back to the cancel request.
+
+The side connection speaks the engine's own driver (asyncpg or psycopg), so an application needs
+no second driver for it.
+
+Behind a pooler such as PgBouncer the pid a client is given is not the server's, and
+``pg_cancel_backend`` with it would signal nobody, or worse, somebody else. So the side connection
+checks on opening that the pid its own connection was given is the backend it talks to; when it is
+not, the engine is behind a pooler and is cancelled with cancel requests only, which the pooler
+forwards to the right server connection. ``install_cancellation(engine, side_connection=False)``
+says so up front (and is needed when an ``async_creator`` leads somewhere the URL does not).
 
 The connection belongs to one event loop; it is closed by ``engine.dispose()``.
 """
@@ -19,7 +27,7 @@ import asyncio
 import inspect
 import logging
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -29,7 +37,115 @@ logger = logging.getLogger("request_aborted.sqlalchemy")
 
 _CONNECT_TIMEOUT = 2.0
 _RETRY_AFTER = 30.0
-_SQL = "SELECT p, pg_cancel_backend(p) FROM unnest($1::int[]) AS p"
+_DRIVERS = ("asyncpg", "psycopg")
+# Simple query protocol, no parameter and no prepared statement: through a transaction pooler a
+# prepared statement could be left on a server connection somebody else gets next.
+_SAME_BACKEND = (
+    "DO $$ BEGIN IF pg_backend_pid() <> {pid} THEN "
+    "RAISE EXCEPTION 'backend pid % is not the announced {pid}', pg_backend_pid() "
+    "USING ERRCODE = 'RA001'; END IF; END $$"
+)
+
+
+class BehindPooler(Exception):
+    """The side connection's announced backend pid is not its backend: a pooler sits between."""
+
+
+class _Side(Protocol):
+    """One open side connection, whichever driver it speaks."""
+
+    def is_closed(self) -> bool: ...
+
+    async def cancel(self, pids: list[int]) -> dict[int, bool]: ...
+
+    async def close(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+class _AsyncpgSide:
+    _SQL = "SELECT p, pg_cancel_backend(p) FROM unnest($1::int[]) AS p"
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    @classmethod
+    async def open(cls, engine: Engine) -> _AsyncpgSide:
+        import asyncpg  # type: ignore[import-untyped]
+
+        _, options = engine.dialect.create_connect_args(engine.url)
+        accepted = inspect.signature(asyncpg.connect).parameters
+        options = {key: value for key, value in options.items() if key in accepted}
+        options["timeout"] = _CONNECT_TIMEOUT
+        connection = await asyncpg.connect(**options)
+        side = cls(connection)
+        try:
+            await connection.execute(_SAME_BACKEND.format(pid=int(connection.get_server_pid())))
+            # The first int[] query introspects the type: 7 ms we must not spend mid-cancel.
+            await side.cancel([])
+        except BaseException as exc:
+            connection.terminate()
+            if getattr(exc, "sqlstate", None) == "RA001":
+                raise BehindPooler(str(exc)) from None
+            raise
+        return side
+
+    def is_closed(self) -> bool:
+        closed: bool = self._connection.is_closed()
+        return closed
+
+    async def cancel(self, pids: list[int]) -> dict[int, bool]:
+        rows = await self._connection.fetch(self._SQL, pids, timeout=_CONNECT_TIMEOUT)
+        return {row[0]: bool(row[1]) for row in rows}
+
+    async def close(self) -> None:
+        await self._connection.close(timeout=1)
+
+    def terminate(self) -> None:
+        self._connection.terminate()
+
+
+class _PsycopgSide:
+    _SQL = "SELECT p, pg_cancel_backend(p) FROM unnest(%s::int[]) AS p"
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    @classmethod
+    async def open(cls, engine: Engine) -> _PsycopgSide:
+        import psycopg
+
+        _, options = engine.dialect.create_connect_args(engine.url)
+        options.setdefault("connect_timeout", max(2, round(_CONNECT_TIMEOUT)))
+        options.update(autocommit=True, prepare_threshold=None)
+        connection = await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(**options), _CONNECT_TIMEOUT
+        )
+        try:
+            await connection.execute(_SAME_BACKEND.format(pid=int(connection.info.backend_pid)))
+        except BaseException as exc:
+            await connection.close()
+            if getattr(exc, "sqlstate", None) == "RA001":
+                raise BehindPooler(str(exc)) from None
+            raise
+        return cls(connection)
+
+    def is_closed(self) -> bool:
+        closed: bool = self._connection.closed
+        return closed
+
+    async def cancel(self, pids: list[int]) -> dict[int, bool]:
+        cursor = await asyncio.wait_for(
+            self._connection.execute(self._SQL, (pids,)), _CONNECT_TIMEOUT
+        )
+        return {row[0]: bool(row[1]) for row in await cursor.fetchall()}
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    def terminate(self) -> None:
+        # psycopg closes without a round trip: the socket is shut and the server notices.
+        self._connection.pgconn.finish()
 
 
 class SideCanceller:
@@ -38,7 +154,7 @@ class SideCanceller:
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         self._engine = engine
         self._loop = loop
-        self._connection: Any = None
+        self._connection: _Side | None = None
         self._pending: dict[int, list[asyncio.Future[bool]]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._broken_until = 0.0
@@ -70,7 +186,7 @@ class SideCanceller:
             await asyncio.gather(worker, return_exceptions=True)
         if connection is not None and not connection.is_closed():
             try:
-                await connection.close(timeout=1)
+                await connection.close()
             except Exception:
                 connection.terminate()
 
@@ -85,8 +201,7 @@ class SideCanceller:
             results: dict[int, bool] = {}
             try:
                 connection = await self._connect()
-                rows = await connection.fetch(_SQL, list(batch), timeout=_CONNECT_TIMEOUT)
-                results = {row[0]: bool(row[1]) for row in rows}
+                results = await connection.cancel(list(batch))
             except Exception as exc:
                 self._give_up(exc)
             finally:
@@ -100,31 +215,31 @@ class SideCanceller:
                         waiter.set_result(False)
                 self._pending.clear()
 
-    async def _connect(self) -> Any:
+    async def _connect(self) -> _Side:
         connection = self._connection
         if connection is not None and not connection.is_closed():
             return connection
-        import asyncpg  # type: ignore[import-untyped]
-
-        _, options = self._engine.dialect.create_connect_args(self._engine.url)
-        accepted = inspect.signature(asyncpg.connect).parameters
-        options = {key: value for key, value in options.items() if key in accepted}
-        options["timeout"] = _CONNECT_TIMEOUT
-        connection = await asyncpg.connect(**options)
-        try:  # the first int[] query introspects the type: 7 ms we must not spend mid-cancel
-            await connection.fetch(_SQL, [], timeout=_CONNECT_TIMEOUT)
-        except BaseException:
-            connection.terminate()
-            raise
-        self._connection = connection
+        opener = _AsyncpgSide if self._engine.dialect.driver == "asyncpg" else _PsycopgSide
+        connection = self._connection = await opener.open(self._engine)
         return connection
 
     def _give_up(self, exc: Exception) -> None:
-        self._broken_until = self._loop.time() + _RETRY_AFTER
-        logger.warning(
-            "pg_cancel_backend side connection unavailable (%s); falling back to cancel requests",
-            exc,
-        )
+        if isinstance(exc, BehindPooler):
+            refuse_side_connection(self._engine)
+            self._broken_until = float("inf")
+            logger.info(
+                "%s is behind a connection pooler (%s): cancelling with cancel requests, "
+                "which the pooler forwards",
+                self._engine.url.render_as_string(hide_password=True),
+                str(exc).splitlines()[0],
+            )
+        else:
+            self._broken_until = self._loop.time() + _RETRY_AFTER
+            logger.warning(
+                "pg_cancel_backend side connection unavailable (%s); "
+                "falling back to cancel requests",
+                exc,
+            )
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.terminate()
@@ -140,8 +255,8 @@ def refuse_side_connection(engine: Engine) -> None:
 
 
 def side_canceller(engine: Engine) -> SideCanceller | None:
-    """The side canceller of an asyncpg engine on the running loop (created on first use)."""
-    if engine.dialect.driver != "asyncpg" or engine in _refused:
+    """The side canceller of an asyncpg or psycopg engine on the running loop (made on demand)."""
+    if engine.dialect.driver not in _DRIVERS or engine in _refused:
         return None
     loop = asyncio.get_running_loop()
     canceller = _cancellers.get(engine)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from request_aborted.sqlalchemy import install_cancellation
+from tests._fixtures.pgbouncer import PgBouncer
+from tests._fixtures.postgres import PostgresDatabase
 
 T = TypeVar("T")
 
@@ -49,3 +53,44 @@ async def wait_until(
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
     return time.perf_counter() - start
+
+
+def pooler_connect_args(driver: str) -> dict[str, Any]:
+    """What each driver needs behind PgBouncer 1.18 in transaction mode: no named prepared
+    statement may outlive its transaction's server connection (docs/sqlalchemy.md, PgBouncer)."""
+    if driver == "asyncpg":
+        return {
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: f"__asyncpg_{uuid.uuid4()}__",
+        }
+    return {"prepare_threshold": None}
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """One way to reach a test's database: a driver, and PgBouncer or not.
+
+    ``db`` always talks to PostgreSQL directly, so what the server does is watched the same way
+    whichever path the engine takes.
+    """
+
+    driver: str
+    db: PostgresDatabase
+    bouncer: PgBouncer | None = None
+
+    @property
+    def url(self) -> str:
+        if self.bouncer is not None:
+            return self.bouncer.url(self.db.name, self.driver)
+        return self.db.server.url(self.db.name, self.driver)
+
+    def engine(self, **options: Any) -> AsyncEngine:
+        """An engine with the cancellation hooks, and the pooler settings where they belong."""
+        if self.bouncer is not None:
+            connect_args = options.setdefault("connect_args", {})
+            connect_args.update(pooler_connect_args(self.driver))
+        return engine_for(self.url, **options)
+
+    def __str__(self) -> str:
+        return self.driver + (" via pgbouncer" if self.bouncer else "")

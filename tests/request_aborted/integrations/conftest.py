@@ -1,4 +1,9 @@
-"""Integration fixtures: the slow HTTP server (PostgreSQL comes from ``tests/_fixtures``)."""
+"""Integration fixtures: the slow HTTP server, and the PostgreSQL paths the guarantees must hold on.
+
+PostgreSQL itself comes from ``tests/_fixtures`` (``postgres``, ``postgres_db``, ``pgbouncer``).
+``pg_target`` runs a test four times: asyncpg and psycopg, each straight to PostgreSQL and through
+PgBouncer in transaction pooling mode.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests._fixtures.pgbouncer import PgBouncer
+from tests._fixtures.postgres import PostgresDatabase
+
 from ._slow_server import SlowServer, running_slow_server
+from ._support import PgTarget
+
+TARGETS = ["asyncpg", "psycopg", "asyncpg-pgbouncer", "psycopg-pgbouncer"]
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +25,11 @@ def slow_server() -> Iterator[SlowServer]:
     """uvicorn serving a small, slow Starlette app on 127.0.0.1, for the whole session."""
     with running_slow_server() as server:
         yield server
+
+
+@pytest.fixture(params=TARGETS)
+def pg_target(request: pytest.FixtureRequest, postgres_db: PostgresDatabase) -> PgTarget:
+    """A fresh database reached with one driver, directly or through PgBouncer."""
+    driver, _, via = str(request.param).partition("-")
+    bouncer: PgBouncer | None = request.getfixturevalue("pgbouncer") if via else None
+    return PgTarget(driver, postgres_db, bouncer)

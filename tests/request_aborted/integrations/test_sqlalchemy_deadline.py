@@ -24,16 +24,14 @@ from request_aborted import (
 from request_aborted.sqlalchemy import cancellable
 from tests._fixtures.postgres import PostgresDatabase
 
-from ._support import SLEEP_FOREVER, engine_for, run
+from ._support import SLEEP_FOREVER, PgTarget, engine_for, run
 
 pytestmark = pytest.mark.postgres
 
 
-def test_remaining_budget_becomes_the_transaction_statement_timeout(
-    postgres_db: PostgresDatabase,
-) -> None:
+def test_remaining_budget_becomes_the_transaction_statement_timeout(pg_target: PgTarget) -> None:
     async def main() -> tuple[int | None, str | None]:
-        engine = engine_for(postgres_db.dsn)
+        engine = pg_target.engine()
         source = CancellationTokenSource(timeout=5.0)
         try:
             async with AsyncSession(engine) as session:
@@ -99,14 +97,14 @@ def _late_timer_source(
 
 
 def test_server_statement_timeout_surfaces_with_the_tokens_own_reason(
-    postgres_db: PostgresDatabase,
+    pg_target: PgTarget,
 ) -> None:
     """The server's timeout fires first; the token's late timer still names the reason."""
     timed_out = RequestTimedOut(0.4, policy="reports")
     source, thread = _late_timer_source(0.4, timed_out, late_until=0.42)
 
     async def main() -> OperationCancelled:
-        engine = engine_for(postgres_db.dsn)
+        engine = pg_target.engine()
         try:
             async with AsyncSession(engine) as session:
                 with pytest.raises(OperationCancelled) as caught:

@@ -23,9 +23,10 @@ from request_aborted import (
     OperationCancelled,
 )
 from request_aborted.sqlalchemy import cancellable, install_cancellation
+from tests._fixtures.pgbouncer import PgBouncer
 from tests._fixtures.postgres import PostgresDatabase
 
-from ._support import SLEEP_FOREVER, ConnectCounter, engine_for, run, wait_until
+from ._support import SLEEP_FOREVER, ConnectCounter, PgTarget, engine_for, run, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -35,36 +36,36 @@ async def backend_state(db: PostgresDatabase, pid: int) -> str | None:
     return rows[0]["state"] if rows else None
 
 
-def test_cancellable_stops_the_running_statement_on_the_server(
-    postgres_db: PostgresDatabase,
-) -> None:
-    async def main() -> tuple[BaseException, str | None, str | None]:
-        engine = engine_for(postgres_db.dsn)
+def test_cancellable_stops_the_running_statement_on_the_server(pg_target: PgTarget) -> None:
+    db = pg_target.db
+
+    async def main() -> tuple[BaseException, str | None]:
+        engine = pg_target.engine()
         source = CancellationTokenSource()
         try:
             async with AsyncSession(engine) as session:
-                pid = await session.scalar(text("SELECT pg_backend_pid()"))
-                assert pid is not None
-                await session.rollback()
-                running = asyncio.get_running_loop().create_future()
+                started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
                 async def query() -> None:
                     async with cancellable(session, source.token):
-                        running.set_result(None)
+                        # The server's pid, in the sleep's own transaction: through PgBouncer
+                        # the next transaction may run on another server connection.
+                        pid = await session.scalar(text("SELECT pg_backend_pid()"))
+                        started.set_result(pid or 0)
                         await session.execute(text(SLEEP_FOREVER))
 
                 task = asyncio.create_task(query())
-                await running
-                await wait_until(lambda: _is_active(postgres_db, pid))
+                pid = await started
+                await wait_until(lambda: _is_active(db, pid))
                 source.cancel(ClientDisconnected())
-                await wait_until(lambda: _not_active(postgres_db, pid), within=1.0)
+                await wait_until(lambda: _not_active(db, pid), within=2.0)
                 with pytest.raises(OperationCancelled) as caught:
                     await task
-                return caught.value.reason, await backend_state(postgres_db, pid), None
+                return caught.value.reason, await backend_state(db, pid)
         finally:
             await engine.dispose()
 
-    reason, state, _ = run(main())
+    reason, state = run(main())
     assert isinstance(reason, ClientDisconnected)
     assert state == "idle"  # rolled back and still connected: not "idle in transaction", not gone
 
@@ -78,10 +79,10 @@ async def _not_active(db: PostgresDatabase, pid: int) -> bool:
 
 
 def test_cancellation_reuses_the_pooled_connection_instead_of_reconnecting(
-    postgres_db: PostgresDatabase,
+    pg_target: PgTarget,
 ) -> None:
     async def main() -> tuple[int, set[int], int]:
-        engine = engine_for(postgres_db.dsn, pool_size=1, max_overflow=0)
+        engine = pg_target.engine(pool_size=1, max_overflow=0)
         connects = ConnectCounter(engine)
         pids: set[int] = set()
         try:
@@ -179,12 +180,14 @@ def test_block_entered_with_a_fired_token_raises_at_once(postgres_db: PostgresDa
 
 
 def test_interrupted_write_transaction_is_rolled_back_and_leaves_no_open_transaction(
-    postgres_db: PostgresDatabase,
+    pg_target: PgTarget,
 ) -> None:
+    postgres_db = pg_target.db
     postgres_db.query("CREATE TABLE orders (id int)")
 
-    async def main() -> tuple[str | None, bool, int]:
-        engine = engine_for(postgres_db.dsn)
+    async def main() -> tuple[str | None, bool, int, int]:
+        engine = pg_target.engine(pool_size=1, max_overflow=0)
+        connects = ConnectCounter(engine)
         source = CancellationTokenSource()
         try:
             async with AsyncSession(engine) as session:
@@ -196,24 +199,26 @@ def test_interrupted_write_transaction_is_rolled_back_and_leaves_no_open_transac
                         await session.execute(text(SLEEP_FOREVER))
                 assert pid is not None
                 state = await backend_state(postgres_db, pid)
-                # The session is usable again right away, on the same connection.
-                same = await session.scalar(text("SELECT pg_backend_pid()")) == pid
+                # The session is usable again right away, on the same connection (through
+                # PgBouncer the server connection is PgBouncer's choice; the client's is kept).
+                again = await session.scalar(text("SELECT pg_backend_pid()"))
+                same = again == pid or pg_target.bouncer is not None
                 await session.rollback()
-            return state, same, engine.pool.checkedout()  # type: ignore[attr-defined]
+            checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+            return state, same, checked_out, connects.count
         finally:
             await engine.dispose()
 
-    assert run(main()) == ("idle", True, 0)
+    assert run(main()) == ("idle", True, 0, 1)
     assert postgres_db.query("SELECT count(*) AS n FROM orders")[0]["n"] == 0
 
 
-def test_commit_after_the_token_fired_is_refused_and_rolled_back(
-    postgres_db: PostgresDatabase,
-) -> None:
+def test_commit_after_the_token_fired_is_refused_and_rolled_back(pg_target: PgTarget) -> None:
+    postgres_db = pg_target.db
     postgres_db.query("CREATE TABLE orders (id int)")
 
     async def main() -> list[object]:
-        engine = engine_for(postgres_db.dsn)
+        engine = pg_target.engine()
         source = CancellationTokenSource()
         try:
             async with AsyncSession(engine) as session:
@@ -299,10 +304,10 @@ def test_enclosing_scope_does_not_cancel_the_task_inside_the_block(
 
 
 def test_streamed_result_stops_at_the_next_fetch_after_the_token_fired(
-    postgres_db: PostgresDatabase,
+    pg_target: PgTarget,
 ) -> None:
     async def main() -> tuple[int, int]:
-        engine = engine_for(postgres_db.dsn, pool_size=1, max_overflow=0)
+        engine = pg_target.engine(pool_size=1, max_overflow=0)
         connects = ConnectCounter(engine)
         source = CancellationTokenSource()
         seen = 0
@@ -439,11 +444,15 @@ def test_falls_back_to_the_cancel_request_when_no_side_connection_can_be_opened(
     assert connects == 1
 
 
-def test_the_side_connection_can_be_turned_off_for_poolers(postgres_db: PostgresDatabase) -> None:
-    """``side_connection=False``: protocol cancel requests only, and no extra backend."""
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_the_side_connection_can_be_turned_off_for_poolers(
+    postgres_db: PostgresDatabase, driver: str
+) -> None:
+    """``side_connection=False``: the driver's own cancel request only, and no extra backend."""
 
     async def main() -> tuple[BaseException, int]:
-        engine = create_async_engine(postgres_db.dsn, pool_size=1, max_overflow=0)
+        url = postgres_db.server.url(postgres_db.name, driver)
+        engine = create_async_engine(url, pool_size=1, max_overflow=0)
         install_cancellation(engine, side_connection=False)
         source = CancellationTokenSource()
         try:
@@ -487,3 +496,41 @@ def test_cancellable_works_on_a_connection_from_engine_begin(
     assert isinstance(reason, CancellationRequested)
     assert connects == 1
     assert postgres_db.query("SELECT count(*) AS n FROM orders")[0]["n"] == 0
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_side_connection_detects_pgbouncer_and_cancels_through_it(
+    postgres_db: PostgresDatabase,
+    pgbouncer: PgBouncer,
+    driver: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Behind a pooler the pid a client is given is not a backend's: no ``pg_cancel_backend``
+    with it; the cancel request goes to PgBouncer, which forwards it, and the statement stops."""
+    target = PgTarget(driver, postgres_db, pgbouncer)
+
+    async def main() -> tuple[list[BaseException], list[object]]:
+        engine = target.engine(pool_size=1, max_overflow=0)
+        reasons: list[BaseException] = []
+        try:
+            for _ in range(3):  # the first abort opens the side connection, which finds PgBouncer
+                source = CancellationTokenSource()
+                async with AsyncSession(engine) as session:
+                    with pytest.raises(OperationCancelled) as caught:
+                        async with cancellable(session, source.token):
+                            asyncio.get_running_loop().call_later(0.1, source.cancel)
+                            await session.execute(text(SLEEP_FOREVER))
+                reasons.append(caught.value.reason)
+            return reasons, await postgres_db.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                SLEEP_FOREVER,
+            )
+        finally:
+            await engine.dispose()
+
+    with caplog.at_level("INFO", logger="request_aborted.sqlalchemy"):
+        reasons, still_sleeping = run(main())
+    assert all(isinstance(reason, CancellationRequested) for reason in reasons)
+    assert still_sleeping == []
+    assert any("behind a connection pooler" in r.getMessage() for r in caplog.records)
+    assert not any("side connection unavailable" in r.getMessage() for r in caplog.records)
