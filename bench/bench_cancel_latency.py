@@ -3,13 +3,16 @@
 Each sample starts work that would run for seconds, waits until it is really running, fires the
 token, and times what happens next on one clock (``time.perf_counter()``, system-wide monotonic):
 
-* ``postgres backend idle``: a ``cancellable`` block runs ``pg_sleep(30)`` through SQLAlchemy and
-  asyncpg; a side connection polls ``pg_stat_activity`` until the backend leaves ``active``
-  (each poll takes ~0.1 ms, which bounds the resolution). ``raised`` is when the statement raised
-  ``OperationCancelled`` in the caller. Three ways are compared: the default
-  (``pg_cancel_backend`` on the engine's side connection), the protocol cancel request it falls
-  back to, and a plain ``task.cancel()`` for reference (SQLAlchemy then invalidates the connection:
-  the ``reconnects`` column counts backends the pool had to open again).
+* ``postgres backend idle``: a ``cancellable`` block runs ``pg_sleep(30)`` through SQLAlchemy,
+  with asyncpg and with psycopg 3; a side connection polls ``pg_stat_activity`` until the backend
+  leaves ``active`` (each poll takes ~0.1 ms, which bounds the resolution). ``raised`` is when the
+  statement raised ``OperationCancelled`` in the caller. Per driver three ways are compared: the
+  default (``pg_cancel_backend`` on the engine's side connection), the driver's own cancel request
+  it falls back to (asyncpg's, psycopg's ``cancel_safe()``), and a plain ``task.cancel()`` for
+  reference (SQLAlchemy then invalidates the connection: the ``reconnects`` column counts
+  connections the pool had to open again). The ``pgbouncer`` rows go through a real PgBouncer in
+  transaction mode (``tests/_fixtures/pgbouncer.py``): there the side connection finds the pooler
+  and steps aside, and the cancel request is forwarded by PgBouncer.
 * ``sqlite query stopped``: a recursive CTE in aiosqlite's worker thread; time until the statement
   raised (the thread returns from ``sqlite3_step`` only when the interrupt stopped it).
 * ``httpx socket closed``: a ``cancellable_client`` request to uvicorn (in a thread of this
@@ -17,7 +20,7 @@ token, and times what happens next on one clock (``time.perf_counter()``, system
   delivered ``http.disconnect``, so the socket was closed on the wire. Plain httpx with
   ``task.cancel()`` for reference.
 
-The script starts its own PostgreSQL (``tests/_fixtures/postgres.py``) and uvicorn; the machine's
+The script starts its own PostgreSQL and PgBouncer (``tests/_fixtures/``) and uvicorn; the machine's
 other work shares its two cores, so run it on a quiet machine and read p99 with that in mind.
 Targets: PostgreSQL p99 <= 20 ms, SQLite and httpx p99 <= 10 ms.
 
@@ -35,6 +38,7 @@ import platform
 import shlex
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,11 +59,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from request_aborted import CancellationTokenSource, OperationCancelled  # noqa: E402
 from request_aborted.httpx import TOKEN_EXTENSION, cancellable_client  # noqa: E402
 from request_aborted.sqlalchemy import cancellable, install_cancellation  # noqa: E402
+from tests._fixtures.pgbouncer import PgBouncer, find_pgbouncer  # noqa: E402
 from tests._fixtures.postgres import PostgresServer  # noqa: E402
 from tests.request_aborted.integrations._slow_server import (  # noqa: E402
     SlowServer,
     running_slow_server,
 )
+from tests.request_aborted.integrations._support import pooler_connect_args  # noqa: E402
 
 COUNT_FOREVER = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) "
@@ -89,6 +95,14 @@ class Row:
             f"{ordered[-1]:.2f}",
             self.note,
         ]
+
+
+def bouncer_version() -> str:
+    binary = find_pgbouncer()
+    if binary is None:
+        return "no pgbouncer"
+    output = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
+    return output.splitlines()[0] if output else "pgbouncer"
 
 
 def ms(seconds: float) -> float:
@@ -166,25 +180,54 @@ async def sleep_on_server(
         return stopped
 
 
-async def measure_postgres(pg: PostgresServer, samples: int) -> list[Row]:
+@dataclass(frozen=True)
+class Setup:
+    """One PostgreSQL row: a driver, how the token stops the statement, and the path to it."""
+
+    name: str
+    driver: str
+    side_connection: bool = True
+    bouncer: bool = False
+    mode: str = "token"
+
+
+POSTGRES_SETUPS = [
+    Setup("asyncpg token (pg_cancel_backend)", "asyncpg"),
+    Setup("asyncpg token (cancel request)", "asyncpg", side_connection=False),
+    Setup("asyncpg plain task.cancel()", "asyncpg", mode="task.cancel"),
+    Setup("psycopg token (pg_cancel_backend)", "psycopg"),
+    Setup("psycopg token (cancel_safe)", "psycopg", side_connection=False),
+    Setup("psycopg plain task.cancel()", "psycopg", mode="task.cancel"),
+    Setup("pgbouncer asyncpg token (cancel request)", "asyncpg", bouncer=True),
+    Setup("pgbouncer psycopg token (cancel_safe)", "psycopg", bouncer=True),
+]
+
+
+async def measure_postgres(
+    pg: PostgresServer, bouncer: PgBouncer | None, samples: int
+) -> list[Row]:
     rows: list[Row] = []
-    setups = [
-        ("token (pg_cancel_backend)", True),
-        ("token (cancel request)", False),
-        ("plain task.cancel()", True),
-    ]
     async with pg.side_connection() as side:
-        for name, side_connection in setups:
-            engine = create_async_engine(pg.dsn, pool_size=1)
-            install_cancellation(engine, side_connection=side_connection)
-            mode = "task.cancel" if name.startswith("plain") else "token"
+        for setup in POSTGRES_SETUPS:
+            options: dict[str, Any] = {"pool_size": 1}
+            if setup.bouncer:
+                if bouncer is None:
+                    print(f"skipped {setup.name}: pgbouncer not installed", file=sys.stderr)
+                    continue
+                url = bouncer.url(pg.database, setup.driver)
+                options["connect_args"] = pooler_connect_args(setup.driver)
+            else:
+                url = pg.url(pg.database, setup.driver)
+            engine = create_async_engine(url, **options)
+            # Behind PgBouncer the side connection finds the pooler and steps aside by itself.
+            install_cancellation(engine, side_connection=setup.side_connection)
             try:
-                idle, raised, connects = await postgres_case(engine, side, samples, mode)
+                idle, raised, connects = await postgres_case(engine, side, samples, setup.mode)
             finally:
                 await engine.dispose()
             note = f"reconnects {connects}/{samples}"
-            rows.append(Row(f"postgres {name}", "backend idle", idle, note))
-            rows.append(Row(f"postgres {name}", "raised", raised))
+            rows.append(Row(f"postgres {setup.name}", "backend idle", idle, note))
+            rows.append(Row(f"postgres {setup.name}", "raised", raised))
     return rows
 
 
@@ -288,26 +331,42 @@ def table(rows: list[Row]) -> str:
     return "\n".join([line(header), rule, *(line(cells) for cells in body)])
 
 
-async def run_all(samples: int, pg: PostgresServer, server: SlowServer) -> list[Row]:
-    rows = await measure_postgres(pg, samples)
-    rows += await measure_sqlite(samples)
-    rows += await measure_httpx(server, samples)
+async def run_all(
+    samples: int,
+    pg: PostgresServer,
+    bouncer: PgBouncer | None,
+    server: SlowServer,
+    only: str | None,
+) -> list[Row]:
+    rows: list[Row] = []
+    if only in (None, "postgres"):
+        rows += await measure_postgres(pg, bouncer, samples)
+    if only in (None, "sqlite"):
+        rows += await measure_sqlite(samples)
+    if only in (None, "httpx"):
+        rows += await measure_httpx(server, samples)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=200, help="samples per row (200)")
+    parser.add_argument("--only", choices=["postgres", "sqlite", "httpx"], help="one part only")
     args = parser.parse_args()
-    versions = ", ".join(
-        f"{name} {version(name)}" for name in ("sqlalchemy", "asyncpg", "aiosqlite", "httpx")
-    )
-    with PostgresServer.start_new() as pg, running_slow_server() as server:
+    names = ("sqlalchemy", "asyncpg", "psycopg", "aiosqlite", "httpx")
+    versions = ", ".join(f"{name} {version(name)}" for name in names)
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(PostgresServer.start_new())
+        bouncer = stack.enter_context(PgBouncer.start_new(pg)) if find_pgbouncer() else None
+        server = stack.enter_context(running_slow_server())
         server_version = pg.query("SHOW server_version")[0]["server_version"]
-        rows = asyncio.run(run_all(args.samples, pg, server))
+        rows = asyncio.run(run_all(args.samples, pg, bouncer, server, args.only))
     print(table(rows))
     print()
-    print(f"PostgreSQL {server_version}; Python {platform.python_version()}; {versions}")
+    print(
+        f"PostgreSQL {server_version}; {bouncer_version()}; Python {platform.python_version()}; "
+        f"{versions}"
+    )
     command = shlex.join([".venv/bin/python", "bench/bench_cancel_latency.py", *sys.argv[1:]])
     print(f"Reproduce with: {command}")
 

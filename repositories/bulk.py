@@ -1,9 +1,9 @@
 """Bulk loading for the seed: PostgreSQL's COPY where available, batched executemany elsewhere.
 
 Millions of rows through ordinary INSERTs take minutes; COPY (asyncpg's
-``copy_records_to_table``) takes seconds. SQLite has no COPY, but driver-level ``executemany``
-batches in one transaction are what it is fastest at: going through ``insert(table)`` with
-dictionaries costs five times as much per row in parameter processing.
+``copy_records_to_table``, psycopg's ``cursor.copy()``) takes seconds. SQLite has no COPY, but
+driver-level ``executemany`` batches in one transaction are what it is fastest at: going through
+``insert(table)`` with dictionaries costs five times as much per row in parameter processing.
 """
 
 from __future__ import annotations
@@ -67,7 +67,16 @@ class BulkLoader:
             if self._database.dialect == "postgresql":
                 raw = await connection.get_raw_connection()
                 driver: Any = raw.driver_connection
-                await driver.copy_records_to_table(table.name, records=rows, columns=list(columns))
+                if hasattr(driver, "copy_records_to_table"):  # asyncpg
+                    await driver.copy_records_to_table(
+                        table.name, records=rows, columns=list(columns)
+                    )
+                    return
+                names = ", ".join(columns)  # psycopg 3
+                copy_sql = f"COPY {table.name} ({names}) FROM STDIN"
+                async with driver.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                    for row in rows:
+                        await copy.write_row(row)
                 return
             names = ", ".join(columns)
             marks = ", ".join("?" * len(columns))

@@ -3,6 +3,9 @@
 One ``Database`` per process, owned by the application's lifespan. It installs the cancellation
 hooks on its engine at startup (``install_cancellation``), so the first aborted request does not
 pay for them and every ``cancellable`` block below can stop its statement on the server.
+``DATABASE_URL`` alone picks the driver (``postgresql+asyncpg``, ``postgresql+psycopg``,
+``sqlite+aiosqlite``) and, with ``?pgbouncer=transaction``, the settings PgBouncer needs
+(``pooling.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from request_aborted import CancellationToken
 from request_aborted.sqlalchemy import cancellable, install_cancellation
 
 from .models import Base, Product
+from .pooling import pooler_options
 from .unit_of_work import UnitOfWork
 
 __all__ = ["Database", "PoolStatus"]
@@ -41,7 +45,10 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
         options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size, "echo": echo}
-        parsed = make_url(url)
+        pooler = pooler_options(make_url(url))
+        parsed = pooler.url
+        if pooler.connect_args:
+            options["connect_args"] = pooler.connect_args
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database or ""
             if database and database != ":memory:":
@@ -53,16 +60,16 @@ class Database:
             options["pool_pre_ping"] = True
         self.url = url
         self.dialect = parsed.get_backend_name()
-        self.engine: AsyncEngine = create_async_engine(url, **options)
+        self.engine: AsyncEngine = create_async_engine(parsed, **options)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        install_cancellation(self.engine)
+        install_cancellation(self.engine, side_connection=pooler.side_connection)
         # Health probes get a connection of their own: a pool drained by slow reports is busy,
         # not down, and a probe queued behind that work would report the database as down.
         self._probe: AsyncEngine = create_async_engine(
-            url, poolclass=NullPool, connect_args=options.get("connect_args", {})
+            parsed, poolclass=NullPool, connect_args=options.get("connect_args", {})
         )
-        install_cancellation(self._probe)
+        install_cancellation(self._probe, side_connection=pooler.side_connection)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @contextlib.asynccontextmanager

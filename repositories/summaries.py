@@ -32,9 +32,7 @@ class SummaryRepository:
     ) -> None:
         """Stage the new summary of ``report`` in place of the old ones (the caller commits)."""
         async with cancellable(self._session, token):
-            await self._session.execute(
-                delete(ReportSummary).where(ReportSummary.report == report)
-            )
+            await self._session.execute(delete(ReportSummary).where(ReportSummary.report == report))
             self._session.add(
                 ReportSummary(
                     report=report,

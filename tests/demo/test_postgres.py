@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests._fixtures.pgbouncer import PgBouncer
 from tests._fixtures.postgres import PostgresDatabase, PostgresServer
 from tests._fixtures.servers import ROOT, ServerProcess
 
@@ -30,21 +31,42 @@ ROWS = 1_000_000  # half the default: the report still takes seconds, the seed a
 
 
 @pytest.fixture(scope="module")
-def pg_demo(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+def pg_seeded(postgres: PostgresServer) -> Iterator[PostgresDatabase]:
     name = postgres.create_database()
     database = PostgresDatabase(postgres, name)
-    servers: list[ServerProcess] = []
     try:
         subprocess.run(
             seed_command(database.dsn, "--rows", str(ROWS)),
             cwd=ROOT, check=True, capture_output=True,
         )  # fmt: skip
-        directory = tmp_path_factory.mktemp("pg-demo")
-        yield launch(directory, {"DATABASE_URL": database.dsn}, database, servers)
+        yield database
+    finally:
+        postgres.drop_database(name)
+
+
+@pytest.fixture(
+    scope="module", params=["asyncpg", "psycopg", "asyncpg-pgbouncer", "psycopg-pgbouncer"]
+)
+def pg_demo(
+    request: pytest.FixtureRequest,
+    pg_seeded: PostgresDatabase,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Demo]:
+    """The demo on the seeded database, switched between drivers and PgBouncer by
+    ``DATABASE_URL`` alone, as docs/demo.md tells users to do."""
+    driver, _, via = str(request.param).partition("-")
+    if via:
+        bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+        url = bouncer.url(pg_seeded.name, driver) + "?pgbouncer=transaction"
+    else:
+        url = pg_seeded.server.url(pg_seeded.name, driver)
+    servers: list[ServerProcess] = []
+    try:
+        directory = tmp_path_factory.mktemp(f"pg-demo-{request.param}")
+        yield launch(directory, {"DATABASE_URL": url}, pg_seeded, servers)
     finally:
         for server in servers:
             server.stop()
-        postgres.drop_database(name)
 
 
 def busy_backends(database: PostgresDatabase, *, besides: int | None = None) -> list[Any]:
