@@ -44,16 +44,22 @@ def pg_seeded(postgres: PostgresServer) -> Iterator[PostgresDatabase]:
         postgres.drop_database(name)
 
 
-@pytest.fixture(
-    scope="module", params=["asyncpg", "psycopg", "asyncpg-pgbouncer", "psycopg-pgbouncer"]
+EVERY_URL = pytest.mark.parametrize(
+    "pg_demo", ["asyncpg", "psycopg", "asyncpg-pgbouncer", "psycopg-pgbouncer"], indirect=True
 )
+ASYNCPG = pytest.mark.parametrize("pg_demo", ["asyncpg"], indirect=True)
+
+
+@pytest.fixture(scope="module")
 def pg_demo(
     request: pytest.FixtureRequest,
     pg_seeded: PostgresDatabase,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Demo]:
     """The demo on the seeded database, switched between drivers and PgBouncer by
-    ``DATABASE_URL`` alone, as docs/demo.md tells users to do."""
+    ``DATABASE_URL`` alone, as docs/demo.md tells users to do. Each URL costs a demo start (a few
+    seconds), so the endpoints and the aborted report run on every URL (``EVERY_URL``) and the
+    rest on asyncpg; the library's own tests cover each guarantee on every path."""
     driver, _, via = str(request.param).partition("-")
     if via:
         bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
@@ -103,6 +109,7 @@ class RowLock:
         self._thread.join()
 
 
+@EVERY_URL
 def test_endpoints_work_on_postgres(pg_demo: Demo) -> None:
     pg_demo.mark_log()
     search = pg_demo.get("/search", params={"q": "kettle", "limit": 3}).json()
@@ -121,6 +128,7 @@ def test_endpoints_work_on_postgres(pg_demo: Demo) -> None:
     assert "Traceback" not in pg_demo.log()
 
 
+@EVERY_URL
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_report_query_is_cancelled_in_postgres(pg_demo: Demo) -> None:
     pg_demo.mark_log()
@@ -141,6 +149,7 @@ def test_report_query_is_cancelled_in_postgres(pg_demo: Demo) -> None:
     assert_quiet_abort(pg_demo, "GET", "/reports/sales")
 
 
+@ASYNCPG
 def test_order_waiting_on_a_row_lock_is_cancelled_and_rolled_back(pg_demo: Demo) -> None:
     pg_demo.mark_log()
     database: PostgresDatabase = pg_demo.database
@@ -172,6 +181,7 @@ def test_order_waiting_on_a_row_lock_is_cancelled_and_rolled_back(pg_demo: Demo)
     assert database.query("SELECT count(*) AS n FROM orders WHERE customer_id = 77")[0]["n"] == 0
 
 
+@ASYNCPG
 def test_export_cursor_is_closed_when_the_client_leaves(pg_demo: Demo) -> None:
     pg_demo.mark_log()
     database: PostgresDatabase = pg_demo.database
