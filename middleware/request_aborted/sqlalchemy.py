@@ -47,8 +47,8 @@ To finish a commit whatever happens, bind the critical section's inner token ins
     async with token.critical_section(grace=5) as inner, cancellable(session, inner):
         await session.commit()
 
-Limitations: drivers other than asyncpg and aiosqlite get refusal but no interruption of running
-statements; a streamed result must be consumed inside the block that started it; sessions with
+Limitations: drivers other than asyncpg, psycopg 3 and aiosqlite get refusal but no interruption
+of running statements; a streamed result must be consumed inside the block that started it; sessions with
 several binds need ``install_cancellation()`` on each engine.
 """
 
@@ -90,8 +90,9 @@ def install_cancellation(engine: AsyncEngine | Engine, *, side_connection: bool 
 
     PostgreSQL statements are cancelled with ``pg_cancel_backend`` on one extra connection per
     engine (0.5 ms) rather than the protocol's cancel request (a forked process, several ms).
-    Pass ``side_connection=False`` behind PgBouncer or another pooler, where the backend pid a
-    client sees is not the server's.
+    Behind PgBouncer or another pooler the backend pid a client sees is not the server's: the side
+    connection notices that on opening and steps aside for cancel requests, which the pooler
+    forwards; ``side_connection=False`` says so up front.
     """
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     if not side_connection:
