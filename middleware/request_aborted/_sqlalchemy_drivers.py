@@ -131,7 +131,9 @@ def interrupter_for(
     if module.startswith("asyncpg"):
         return _AsyncpgCancel(driver_connection, side)
     if module == "psycopg" or module.startswith("psycopg."):
-        return _PsycopgCancel(driver_connection, side)
+        # Only the asyncio connection: a sync one (a sync engine) has no loop to interrupt from.
+        is_async = type(driver_connection).__name__.startswith("Async")
+        return _PsycopgCancel(driver_connection, side) if is_async else None
     if module.startswith("aiosqlite"):
         return _SqliteInterrupt(driver_connection)
     return None
