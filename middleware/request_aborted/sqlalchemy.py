@@ -48,8 +48,8 @@ To finish a commit whatever happens, bind the critical section's inner token ins
         await session.commit()
 
 Limitations: drivers other than asyncpg, psycopg 3 and aiosqlite get refusal but no interruption
-of running statements; a streamed result must be consumed inside the block that started it; sessions with
-several binds need ``install_cancellation()`` on each engine.
+of running statements; a streamed result must be consumed inside the block that started it;
+sessions with several binds need ``install_cancellation()`` on each engine.
 """
 
 from __future__ import annotations
