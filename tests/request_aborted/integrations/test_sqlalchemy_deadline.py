@@ -32,7 +32,7 @@ pytestmark = pytest.mark.postgres
 def test_remaining_budget_becomes_the_transaction_statement_timeout(pg_target: PgTarget) -> None:
     async def main() -> tuple[int | None, str | None]:
         engine = pg_target.engine()
-        source = CancellationTokenSource(timeout=5.0)
+        source = CancellationTokenSource(timeout=60.0)
         try:
             async with AsyncSession(engine) as session:
                 async with cancellable(session, source.token):
@@ -46,7 +46,9 @@ def test_remaining_budget_becomes_the_transaction_statement_timeout(pg_target: P
             await engine.dispose()
 
     inside, after = run(main())
-    assert inside is not None and 4000 < inside <= 5000
+    # What was left of the 60 s when the transaction began; connecting (through PgBouncer, on a
+    # loaded machine) may take a while, never half of it.
+    assert inside is not None and 30_000 < inside <= 60_000
     assert after == "0"  # transaction-local: gone with the commit
 
 
