@@ -3,16 +3,19 @@
 The pool is held the way stalled export clients hold it (pool 1 + 1 overflow, both checked out),
 with ``pool_timeout`` at 30 s: every wait here ending in well under that proves the token, not the
 pool's timer, ended it. Each scenario (``_poolwait``) runs on SQLite through aiosqlite and on a real
-PostgreSQL through every driver the integration supports. Latency figures are the benchmark's
-job (``bench/bench_poolwait.py``); the bounds here only tell "the token" from "the pool timeout".
+PostgreSQL through every driver the integration supports, directly and through PgBouncer. Latency
+figures are the benchmark's job (``bench/bench_poolwait.py``); the bounds here only tell "the
+token" from "the pool timeout".
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import random
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,10 +29,12 @@ from request_aborted import (
     DeadlineExceeded,
     OperationCancelled,
 )
+from tests._fixtures.pgbouncer import PgBouncer
 from tests._fixtures.postgres import PostgresDatabase
 
 from ._poolwait import checked_out, held, wait_for_connection, waiting_request
-from ._support import engine_for, run
+from ._support import PgTarget, engine_for, run
+from .conftest import TARGETS
 
 POOL = {"pool_size": 1, "max_overflow": 1, "pool_timeout": 30}
 TOKEN_NOT_POOL = 2.0  # far above the 10 ms goal, far below the 30 s pool timeout
@@ -48,21 +53,27 @@ def _driver(name: str) -> str:
     return name
 
 
-@pytest.fixture(params=["sqlite", "asyncpg", "psycopg"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every database and driver ``cancellable`` supports; PostgreSQL ones on a real server."""
+EngineFactory = Callable[..., AsyncEngine]
+
+
+@pytest.fixture(params=["sqlite", *TARGETS])
+def make_engine(request: pytest.FixtureRequest) -> EngineFactory:
+    """Every database and driver ``cancellable`` supports, PostgreSQL ones on a real server,
+    directly and through PgBouncer in transaction mode: ``make_engine(**pool_options)``."""
     if request.param == "sqlite":
         url: str = request.getfixturevalue("sqlite_url")
-        return url
-    driver = _driver(request.param)
+        return functools.partial(engine_for, url)
+    driver, _, via = str(request.param).partition("-")
+    _driver(driver)
     request.applymarker(pytest.mark.postgres)
     db: PostgresDatabase = request.getfixturevalue("postgres_db")
-    return db.server.url(db.name, driver)
+    bouncer: PgBouncer | None = request.getfixturevalue("pgbouncer") if via else None
+    return PgTarget(driver, db, bouncer).engine
 
 
-def test_pool_wait_ends_when_the_token_fires_and_loses_no_slot(database_url: str) -> None:
+def test_pool_wait_ends_when_the_token_fires_and_loses_no_slot(make_engine: EngineFactory) -> None:
     async def main() -> None:
-        engine = engine_for(database_url, **POOL)
+        engine = make_engine(**POOL)
         try:
             async with held(engine, 2):
                 source = CancellationTokenSource()
@@ -81,9 +92,9 @@ def test_pool_wait_ends_when_the_token_fires_and_loses_no_slot(database_url: str
     run(main())
 
 
-def test_pool_wait_is_bounded_by_the_token_deadline(database_url: str) -> None:
+def test_pool_wait_is_bounded_by_the_token_deadline(make_engine: EngineFactory) -> None:
     async def main() -> None:
-        engine = engine_for(database_url, **POOL)
+        engine = make_engine(**POOL)
         try:
             async with held(engine, 2):
                 outcome = await wait_for_connection(
@@ -99,11 +110,11 @@ def test_pool_wait_is_bounded_by_the_token_deadline(database_url: str) -> None:
     run(main())
 
 
-def test_pool_wait_inside_a_token_scope_ends_with_the_token(database_url: str) -> None:
+def test_pool_wait_inside_a_token_scope_ends_with_the_token(make_engine: EngineFactory) -> None:
     # The measured failure: the block's critical section held the scope off, and nothing else
     # watched the wait, so a departed client's search waited for the 30 s pool timeout.
     async def main() -> None:
-        engine = engine_for(database_url, **POOL)
+        engine = make_engine(**POOL)
         try:
             async with held(engine, 2):
                 source = CancellationTokenSource()
@@ -119,9 +130,9 @@ def test_pool_wait_inside_a_token_scope_ends_with_the_token(database_url: str) -
     run(main())
 
 
-def test_pool_wait_refuses_at_once_when_the_token_already_fired(database_url: str) -> None:
+def test_pool_wait_refuses_at_once_when_the_token_already_fired(make_engine: EngineFactory) -> None:
     async def main() -> None:
-        engine = engine_for(database_url, **POOL)
+        engine = make_engine(**POOL)
         try:
             async with held(engine, 2):
                 source = CancellationTokenSource()
@@ -183,12 +194,12 @@ def test_pool_wait_outside_a_block_is_the_pools_own(sqlite_url: str) -> None:
 
 
 def test_pool_wait_loses_no_slot_when_tokens_fire_as_connections_come_back(
-    database_url: str,
+    make_engine: EngineFactory,
 ) -> None:
     # Fires land before, during and just after the moment a connection is handed to the waiter:
     # a connection the waiter took as its token fired must go back to the pool, not vanish.
     async def main() -> None:
-        engine = engine_for(database_url, **POOL)
+        engine = make_engine(**POOL)
         rng = random.Random(15)
         try:
             for _ in range(30):
