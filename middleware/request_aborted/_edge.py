@@ -30,7 +30,14 @@ from ._exceptions import (
 if TYPE_CHECKING:
     from starlette.types import Scope, Send
 
-__all__ = ["CLIENT_CLOSED_REQUEST", "end_response", "is_fallout", "log_abort", "status_for"]
+__all__ = [
+    "CLIENT_CLOSED_REQUEST",
+    "end_response",
+    "escape",
+    "is_fallout",
+    "log_abort",
+    "status_for",
+]
 
 logger = logging.getLogger("request_aborted")
 
@@ -99,8 +106,12 @@ async def end_response(
 
 
 def log_abort(scope: Scope, reason: BaseException, status: int, elapsed: float) -> None:
-    method = scope.get("method", "WEBSOCKET")
-    path = scope.get("path", "")
+    # The path is the client's, percent-decoded by the server: "%0a" arrives as a newline and
+    # would let any client forge whole lines in the server log. Method too (h11 and httptools
+    # validate it, an ASGI scope need not). Escaped in the structured fields as well, since a
+    # formatter may print those.
+    method = escape(str(scope.get("method", "WEBSOCKET")))
+    path = escape(str(scope.get("path", "")))
     level = logging.INFO
     if isinstance(reason, DeadlineExceeded):
         level = logging.WARNING
@@ -119,4 +130,19 @@ def log_abort(scope: Scope, reason: BaseException, status: int, elapsed: float) 
             "reason": type(reason).__name__,
             "status": status,
         },
+    )
+
+
+def escape(text: str) -> str:
+    """``text`` with every non-printable character (and the backslash) as a Python escape.
+
+    Printable text, accents and CJK included, stays as it is; control characters, line and
+    paragraph separators and other non-printables become ``\\n``, ``\\x1b``, ``\\u2028``. The
+    backslash is escaped too, so an escape in the log can only mean one thing.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text  # nearly every path: no copy
+    # repr() of one character is its escape in quotes, a backslash doubled.
+    return "".join(
+        char if char.isprintable() and char != "\\" else repr(char)[1:-1] for char in text
     )

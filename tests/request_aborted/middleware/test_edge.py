@@ -347,3 +347,26 @@ def test_edge_client_disconnect_with_add_middleware_position_sends_nothing() -> 
     asyncio.run(exchange.run())
     assert exchange.messages == []
     assert isinstance(exchange.reason, ClientDisconnected)
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/items/x\nERROR: forged line", "/items/x\\nERROR: forged line"),
+        ("/items/\x1b[31mred", "/items/\\x1b[31mred"),
+        ("/items/\u2028sep", "/items/\\u2028sep"),
+        ("/items/back\\slash", "/items/back\\\\slash"),
+        ("/items/café", "/items/café"),
+    ],
+)
+def test_log_injection_path_control_characters_are_escaped(
+    caplog: pytest.LogCaptureFixture, path: str, logged: str
+) -> None:
+    caplog.set_level(logging.INFO)
+    app = RequestAbortedMiddleware(starlette(Route("/items/{name}", sleepy)))
+    asyncio.run(Exchange(app, path=path, vanish=Vanish.in_handler(0.01)).run())
+    [record] = lines(caplog)
+    message = record.getMessage()
+    assert message.startswith(f"GET {logged} aborted after ")
+    assert message.isprintable()
+    assert record.__dict__["path"] == logged
