@@ -11,7 +11,8 @@ commits; the connection goes back to the pool - and translate what comes back: t
 becomes ``OperationCancelled`` in ``handle_error``, where SQLAlchemy lets a handler choose the
 exception *without* calling it a disconnect, so the connection goes back to the pool intact.
 Before a connection is used again (next statement, commit, rollback, pool reset), any interrupt
-still in flight is awaited, so it can never land on somebody else's statement.
+still in flight is awaited, so it can never land on somebody else's statement. A checkout that has
+to wait for a free connection waits on the binding's token too (``_sqlalchemy_poolwait``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from request_aborted import CancellationToken, DeadlineExceeded, OperationCancel
 from ._sqlalchemy_drivers import GuardedCursor, deadline_statement, is_interruption
 from ._sqlalchemy_guard import GUARD_KEY, Binding, Guard, Refused, await_in_greenlet, guard_of
 from ._sqlalchemy_pgcancel import close_side_canceller
+from ._sqlalchemy_poolwait import make_waits_cancellable
 
 __all__ = ["Binding", "Refused", "bound", "install"]
 
@@ -175,7 +177,13 @@ def _returned(record: Any) -> None:
         guard.deadline_for = None
 
 
+def _bound_token() -> CancellationToken | None:
+    binding = bound.get()
+    return None if binding is None else binding.token
+
+
 def _on_dispose(engine: Engine) -> None:
+    make_waits_cancellable(engine.pool, _bound_token)  # dispose() put a new pool in place
     if in_greenlet():
         await_in_greenlet(close_side_canceller(engine))
 
@@ -192,4 +200,5 @@ def install(engine: Engine) -> None:
     event.listen(engine, "reset", _on_reset)
     event.listen(engine, "checkin", _on_checkin)
     event.listen(engine, "engine_disposed", _on_dispose)
+    make_waits_cancellable(engine.pool, _bound_token)
     _installed.add(engine)

@@ -27,6 +27,13 @@ Inside the block, for every connection the session (or ``AsyncConnection``) uses
   never cancelled, so the pooled connection stays valid and is reused, not reconnected.
 * **A statement started after the token fired is refused** before it reaches the driver, and so is
   the next fetch of a streamed result (``session.stream()``).
+* **A wait for a pooled connection ends when the token fires**: a checkout inside the block that
+  finds the async pool empty waits on the token too, and on its remaining budget, so a request
+  whose client left, or whose deadline passed, leaves the queue within milliseconds with
+  ``OperationCancelled`` instead of holding its place until ``pool_timeout``. The pool loses no
+  slot (a connection handed over as the token fired goes back); ``pool_timeout`` still applies.
+  A connection taken outside the block (``engine.connect()`` before ``cancellable``) waits as
+  SQLAlchemy alone would.
 * **The remaining budget goes to the server**: when a token with a deadline starts work in a
   PostgreSQL transaction, ``SELECT set_config('statement_timeout', <ms>, true)`` lowers that
   transaction's ``statement_timeout`` (never raises a stricter one), so a stuck client cannot leave
@@ -40,7 +47,8 @@ Inside the block, for every connection the session (or ``AsyncConnection``) uses
   left ``idle in transaction``.
 * **Enclosing ``token.scope()`` blocks hold their interruption** until the block ends (the block is
   a ``critical_section``), so their ``task.cancel()`` does not race the database cancel and cost
-  the connection. Keep the block to database work.
+  the connection; the block's own token still ends statements, commits not yet sent and pool
+  waits. Keep the block to database work.
 
 To finish a commit whatever happens, bind the critical section's inner token instead::
 

@@ -1,0 +1,130 @@
+"""Waits for a pooled connection that end when the bound token fires, or its budget runs out.
+
+Under overload requests spend their time *waiting* for a connection, and a request whose client
+left must not keep its place in that queue until ``pool_timeout`` (30 s by default). SQLAlchemy
+offers no hook before a checkout waits, so the async pool's queue (``AsyncAdaptedQueuePool._pool``,
+an ``AsyncAdaptedQueue``) is wrapped: a blocking ``get`` made inside a ``cancellable`` block races
+the wait against the block's token and against the token's remaining budget (the same bound that
+becomes ``statement_timeout`` once a statement runs).
+
+The wait itself runs in a task of its own (``greenlet_spawn`` of the queue's own ``get``), so the
+request's task is never cancelled and the pool code above us sees an ordinary exception:
+
+* the token fires: the waiting task is cancelled, which ``asyncio.Queue.get`` handles by leaving
+  the queue and passing any wake-up it got on to the next waiter; if it had already taken a
+  connection, that connection is put back. Either way no slot is lost, and the checkout raises
+  ``OperationCancelled(reason)`` before the pool counted anything (``QueuePool._do_get`` only
+  touches its overflow counter after the queue said ``Empty``);
+* the budget runs out first: the token's own reason if its timer catches up within a moment,
+  else ``DeadlineExceeded``;
+* ``pool_timeout`` comes first: ``Empty``, which the pool turns into its usual ``TimeoutError``;
+* the caller is cancelled (``asyncio.timeout``, a task group): the same clean exit, then the
+  ``CancelledError`` goes on.
+
+It allocates only when a request really has to wait: a checkout that finds a connection free, or
+that is made outside any block, is the queue's own ``get``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Final
+
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
+from sqlalchemy.util.concurrency import greenlet_spawn, in_greenlet
+from sqlalchemy.util.queue import Empty
+
+from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
+
+from ._loop import call_in_loop
+from ._sqlalchemy_guard import await_in_greenlet, finish
+
+__all__ = ["CancellableQueue", "make_waits_cancellable"]
+
+DEADLINE_GRACE: Final = 0.05  # how long a spent budget waits for the token's own timer
+
+
+class CancellableQueue:
+    """Stands in for the async pool's queue; only a blocking ``get`` in a bound block differs."""
+
+    def __init__(self, inner: Any, token_of: Callable[[], CancellationToken | None]) -> None:
+        self.inner = inner
+        self._token_of = token_of
+
+    def __getattr__(self, name: str) -> Any:
+        # maxsize, use_lifo, qsize(), put(), get_nowait()...: the pool's own queue answers.
+        return getattr(self.inner, name)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        token = self._token_of() if block else None
+        if token is None or not in_greenlet():
+            return self.inner.get(block, timeout)
+        reason = token.reason
+        if reason is not None:
+            raise OperationCancelled(reason)
+        with contextlib.suppress(Empty):
+            return self.inner.get_nowait()
+        return await_in_greenlet(self._wait(token, pool_timeout=timeout))
+
+    async def _wait(self, token: CancellationToken, *, pool_timeout: float | None) -> Any:
+        loop = asyncio.get_running_loop()
+        fired: asyncio.Future[BaseException] = loop.create_future()
+
+        def on_fire(reason: BaseException) -> None:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
+                call_in_loop(loop, _resolve, fired, reason)
+
+        registration = token.register(on_fire)
+        remaining = token.remaining()
+        limit = pool_timeout if remaining is None else min(remaining, pool_timeout or remaining)
+        getter = loop.create_task(greenlet_spawn(self.inner.get, True, None))
+        try:
+            await asyncio.wait((getter, fired), timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await self._give_up(getter)
+            raise
+        finally:
+            registration.unregister()
+        if getter.done() and not fired.done():
+            return getter.result()
+        await self._give_up(getter)
+        if fired.done():
+            raise OperationCancelled(fired.result())
+        if remaining is not None and (pool_timeout is None or remaining < pool_timeout):
+            raise OperationCancelled(await _budget_reason(token, remaining))
+        raise Empty()
+
+    async def _give_up(self, getter: asyncio.Task[Any]) -> None:
+        """End the waiting task; hand back the connection it took, if it was quicker than us."""
+        getter.cancel()
+        cancelled = await finish(getter)
+        if not getter.cancelled() and getter.exception() is None:
+            self.inner.put_nowait(getter.result())
+        if cancelled is not None:
+            raise cancelled
+
+
+async def _budget_reason(token: CancellationToken, budget: float) -> BaseException:
+    if token.reason is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(token.wait(), DEADLINE_GRACE)
+    return token.reason or DeadlineExceeded(budget)
+
+
+def _resolve(future: asyncio.Future[BaseException], reason: BaseException) -> None:
+    if not future.done():
+        future.set_result(reason)
+
+
+def make_waits_cancellable(pool: Pool, token_of: Callable[[], CancellationToken | None]) -> bool:
+    """Wrap ``pool``'s queue, once; ``False`` for pools that do not queue (Null, Static, sync)."""
+    if not isinstance(pool, AsyncAdaptedQueuePool):
+        return False
+    queue = getattr(pool, "_pool", None)
+    if queue is None or not callable(getattr(queue, "get", None)):
+        return False  # a SQLAlchemy that moved its queue: waits stay as they were
+    if not isinstance(queue, CancellableQueue):
+        pool._pool = CancellableQueue(queue, token_of)  # type: ignore[assignment]
+    return True
