@@ -1,7 +1,7 @@
 """One request's connection to the server: the single owner of ``receive``, a watcher on ``send``.
 
 Servers report a vanished client only through ``receive()``. Reading it ourselves is full of traps
-(../shared/HAZARDS.md): a reader that drops messages steals the body, a second reader races the app,
+(docs/hazards.md): a reader that drops messages steals the body, a second reader races the app,
 hypercorn hands ``http.disconnect`` to one caller only, uvicorn answers every later call at once.
 So the channel is the only code that ever calls the server's ``receive``:
 
@@ -11,8 +11,11 @@ So the channel is the only code that ever calls the server's ``receive``:
   one read outstanding, so a disconnect is seen even while the handler is busy elsewhere. Body
   chunks the pump reads are queued, in order and bounded, for the app's next ``receive()``.
 * A disconnect is remembered and answered to every later ``receive()``, waking all readers.
-* A disconnect (or a ``send`` that fails with ``OSError``) before the response completed fires the
-  token with ``ClientDisconnected``; one after it is just the server saying "done".
+* A disconnect (or a ``send`` that fails because the connection is gone: ``OSError`` in ASGI 2.4,
+  uvloop's "handler is closed" ``RuntimeError``) before the response completed fires the token with
+  ``ClientDisconnected``; a disconnect after it is just the server saying "done". The failing send
+  is the only sign uvicorn-httptools gives of a pipelined request whose client left: it marks only
+  the last request it parsed as disconnected.
 
 The channel *is* the request's token source (a subclass), not an object beside it: most requests
 never look at their token, so everything per request is one allocation wherever it can be, and
@@ -27,8 +30,9 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from ._edge import is_closed_transport
 from ._exceptions import ClientDisconnected
 from ._token import CancellationTokenSource
 from ._watchlist import Watchlist
@@ -77,6 +81,9 @@ class RequestChannel(CancellationTokenSource):
     )
 
     _loop: asyncio.AbstractEventLoop  # always set here, unlike on a plain source
+    # What an interruptible read answers once the token fired (a subclass for WebSockets says
+    # "websocket.disconnect"): a class attribute, so HTTP requests pay nothing for it.
+    given_up: ClassVar[Message] = _GIVEN_UP
 
     def __init__(
         self,
@@ -138,7 +145,7 @@ class RequestChannel(CancellationTokenSource):
                 raise self._pump_error
             if self.interruptible:
                 if self._reason is not None:
-                    return _GIVEN_UP  # timed out or shutting down: the body is not wanted now
+                    return self.given_up  # timed out or shutting down: the body is not wanted
                 if self._pump is None:
                     self._start_pump()
             elif self._pump is None and not self._reading:
@@ -299,10 +306,28 @@ class RequestChannel(CancellationTokenSource):
             self._complete()
         try:
             await self._send(message)
-        except OSError:
-            # ASGI 2.4: the server reports a closed connection by raising from send().
-            self.fire(ClientDisconnected())
+        except (OSError, RuntimeError) as exc:
+            # ASGI 2.4: the server reports a closed connection by raising OSError from send();
+            # uvicorn on uvloop raises the transport's RuntimeError instead. Other RuntimeErrors
+            # (a malformed response) are the app's bugs: they fire nothing.
+            if is_closed_transport(exc):
+                self.fire(ClientDisconnected())
             raise
+
+    def raised_here(self, exc: BaseException) -> bool:
+        """Whether ``exc`` came out of this request's connection, through this channel.
+
+        Read from the traceback, so the common path pays nothing: the channel's ``send`` or
+        ``receive`` frame, with this channel as ``self``, lies between the edge and the raise.
+        A handler's own ``OSError`` never passes through them.
+        """
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if frame.f_code in _CONNECTION_CODE and frame.f_locals.get("self") is self:
+                return True
+            tb = tb.tb_next
+        return False
 
     def _complete(self) -> None:
         # Mark completion *before* the server sees the last message: while handling it the server
@@ -310,6 +335,17 @@ class RequestChannel(CancellationTokenSource):
         self.completed = True
         if self._timer is not None:
             self.cancel_after(None)  # a finished response can no longer time out
+
+
+# The frames an error from the server's receive()/send() passes through (a pump's error is
+# raised again from receive()).
+_CONNECTION_CODE = frozenset(
+    {
+        RequestChannel.send.__code__,
+        RequestChannel.receive.__code__,
+        RequestChannel._read_directly.__code__,
+    }
+)
 
 
 def _weight(message: Message) -> int:

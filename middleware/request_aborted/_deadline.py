@@ -25,11 +25,15 @@ __all__ = [
 _GRPC_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _GRPC_MAX: Final = 99_999_999
 _MILLISECONDS: Final = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?")
+# HTTP's optional whitespace around a field value is space and tab (RFC 9110 5.6.3). str.strip()
+# with no argument also removes Unicode spaces (NBSP, U+2028...), which no proxy sends: a value
+# wrapped in them is malformed, not a budget.
+_OWS: Final = " \t"
 
 
 def parse_grpc_timeout(value: str) -> float | None:
     """Seconds from a ``grpc-timeout`` value such as ``"250m"``; ``None`` when malformed."""
-    value = value.strip()
+    value = value.strip(_OWS)
     digits, unit = value[:-1], value[-1:]
     if not (1 <= len(digits) <= 8 and digits.isascii() and digits.isdigit()):
         return None
@@ -53,10 +57,12 @@ def format_grpc_timeout(seconds: float) -> str:
 def parse_milliseconds(value: str) -> float | None:
     """Seconds from a whole or decimal number of milliseconds; ``None`` when malformed.
 
-    Only plain ASCII digits with an optional fraction: ``float()`` would also take ``1e3``,
-    ``1_000``, ``inf`` or Arabic-Indic digits, none of which a proxy sends.
+    Only plain ASCII digits with an optional fraction, between optional spaces and tabs:
+    ``float()`` would also take ``1e3``, ``1_000``, ``inf``, Arabic-Indic digits or a no-break
+    space around the number, none of which a proxy sends.
     """
-    if _MILLISECONDS.fullmatch(value.strip()) is None:
+    value = value.strip(_OWS)
+    if _MILLISECONDS.fullmatch(value) is None:
         return None
     return float(value) / 1000.0
 

@@ -9,7 +9,7 @@ waits for the step *or* the token, whichever comes first:
   to release the socket, and raises ``OperationCancelled``;
 * the caller itself is cancelled (``asyncio.timeout``, a task group, a token scope): the request is
   aborted the same way and the ``CancelledError`` goes on, but it never lands inside httpcore,
-  where a native cancellation can leak pool connections (HAZARDS 13).
+  where a native cancellation can leak pool connections (docs/hazards.md 13).
 
 A step that is still unwinding is kept referenced until it ends, so nothing is garbage collected
 mid-flight and no exception goes unretrieved.

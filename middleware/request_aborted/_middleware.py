@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import ClassVar, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,7 +23,13 @@ from . import _context
 from ._channel import RequestChannel
 from ._deadline import DeadlineHeader
 from ._edge import end_response, is_fallout, log_abort, status_for
-from ._exceptions import RequestTimedOut, ServerShuttingDown
+from ._exceptions import (
+    ClientDisconnected,
+    OperationCancelled,
+    RequestTimedOut,
+    ServerShuttingDown,
+    describe,
+)
 from ._scope import TokenScope
 from ._timeouts import TimeoutPolicy, resolve_policy
 from ._token import CancellationToken, CancellationTokenSource, Registration
@@ -39,6 +45,7 @@ AbortHook = Callable[[Scope, BaseException, float], object]
 FIRED_AT_KEY: Final = "request_aborted.fired_at"  # for on_abort hooks: when the token fired
 DEFAULT_MAX_BUFFER: Final = 1 << 20
 DEFAULT_WATCH_DELAY: Final = 0.001  # see the class docstring
+GOING_AWAY: Final = 1001  # RFC 6455: the close code for a WebSocket ended by timeout or shutdown
 MAX_WATCH_DELAY: Final = 1.0
 
 
@@ -131,7 +138,7 @@ class RequestAbortedMiddleware:
             return
         # Everything this request needs is the one _Request object (its token source and its
         # channel) plus its token: the path every request takes, whether or not it looks.
-        request = _Request(self, scope, receive, send)
+        request = (_Request if kind == "http" else _WebSocket)(self, scope, receive, send)
         reset = _context.current.set(request)
         try:
             try:
@@ -140,11 +147,11 @@ class RequestAbortedMiddleware:
                 else:
                     await request.run_enforced(scope)
             except BaseException as exc:
-                if request._reason is None or not is_fallout(exc):
+                if request._reason is None or not request.absorbs(exc):
                     raise
             finally:
                 request.close()
-            if request._reason is not None and kind == "http":
+            if request._reason is not None:
                 await request.finish_aborted(scope)
         finally:
             # The last tie from the token (which outlives the request) to the server's objects
@@ -232,13 +239,26 @@ class _Request(RequestChannel):
         if self._timer is not None or self._parents:
             CancellationTokenSource.close(self)
 
+    def absorbs(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by the app after the token fired, is the abort's fallout."""
+        return is_fallout(exc, self)
+
     async def finish_aborted(self, scope: Scope) -> None:
         reason = self._reason
         assert reason is not None
         status = status_for(reason, self._status)
         await end_response(
-            self.send, reason, status, started=self.started, completed=self.completed
+            self.send,
+            reason,
+            status,
+            started=self.started,
+            completed=self.completed,
+            body_unread=not self._body_done and _expects_body(scope),
         )
+        self._report(scope, reason, status)
+
+    def _report(self, scope: Scope, reason: BaseException, status: int) -> None:
+        """The one log line and the ``on_abort`` call, HTTP and WebSocket alike."""
         elapsed = time.monotonic() - self.started_at
         scope[FIRED_AT_KEY] = self._cancelled_at
         log_abort(scope, reason, status, elapsed)
@@ -291,6 +311,57 @@ class _Request(RequestChannel):
     def _shutting_down(self, reason: BaseException) -> None:
         shutdown = reason if isinstance(reason, ServerShuttingDown) else ServerShuttingDown()
         self.on_loop(self.fire, shutdown)
+
+
+class _WebSocket(_Request):
+    """A WebSocket's source and channel. The client closing is a WebSocket's normal end: the
+    token fires with ``ClientDisconnected``, but nothing is logged, no hook is called and every
+    exception the app raises (``WebSocketDisconnect`` first of all: FastAPI's tests, telemetry of
+    close codes and the server's own logging rely on it) propagates as if we were not there, only
+    our own ``OperationCancelled`` excepted. A timeout or a shutdown ends it as it ends an HTTP
+    request: the app's next ``receive()`` hears a disconnect (code 1001), its fallout is absorbed,
+    the socket is closed with 1001 "going away" (refused with 403 before it was accepted), and it
+    gets the log line and the ``on_abort`` call."""
+
+    __slots__ = ()
+
+    given_up: ClassVar[Message] = {"type": "websocket.disconnect", "code": GOING_AWAY}
+
+    def absorbs(self, exc: BaseException) -> bool:
+        if isinstance(self._reason, ClientDisconnected):
+            return _only_operation_cancelled(exc)
+        return is_fallout(exc, self)
+
+    async def finish_aborted(self, scope: Scope) -> None:
+        reason = self._reason
+        assert reason is not None
+        if isinstance(reason, ClientDisconnected):
+            return  # the normal end of a WebSocket
+        if not self.completed:
+            # Close reasons are at most 123 bytes of UTF-8 (RFC 6455 5.5).
+            text = describe(reason).encode()[:123].decode(errors="ignore")
+            close = {"type": "websocket.close", "code": GOING_AWAY, "reason": text}
+            try:
+                await self.send(close)
+            except Exception as exc:  # the connection is going away; the log line says enough
+                logger.debug("could not close the WebSocket of an aborted request: %r", exc)
+        self._report(scope, reason, GOING_AWAY)
+
+
+def _only_operation_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_operation_cancelled(inner) for inner in exc.exceptions)
+    return isinstance(exc, OperationCancelled)
+
+
+def _expects_body(scope: Scope) -> bool:
+    """Whether an HTTP/1 request announced a body (HTTP/2 ends the stream, not the connection)."""
+    if scope.get("http_version") not in ("1.0", "1.1"):
+        return False
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 _OVER: Final[Message] = {"type": "http.disconnect"}

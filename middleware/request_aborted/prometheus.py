@@ -11,11 +11,12 @@ import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.routing import Mount
 
 if TYPE_CHECKING:
     from starlette.types import Scope
 
-__all__ = ["PrometheusAbortHook"]
+__all__ = ["UNMATCHED", "PrometheusAbortHook"]
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -49,10 +50,24 @@ class PrometheusAbortHook:
             self.stop_latency.labels(kind).observe(max(0.0, time.monotonic() - fired_at))
 
 
+UNMATCHED = "<unmatched>"
+"""The one ``route`` label of every request no route matched (404s, scanners, typos)."""
+
+
 def route_of(scope: Scope) -> str:
-    """The route's path template when routing got that far, else the raw path."""
+    """The route's path template when routing got that far, else ``UNMATCHED``.
+
+    Never the raw path: every distinct path would be a new time series, and anybody can send
+    paths (5,000 scanner requests once made 5,002 series here). A ``Mount`` that is itself the
+    match (a sub-app the router cannot see into, such as ``StaticFiles``) counts as one route.
+    Inside a mount the label is the mount's ``root_path`` plus the inner template, so a mount
+    whose own path has parameters would put their values in the label: keep those out of
+    mount paths, or label with your own hook.
+    """
     route = scope.get("route")
     template = getattr(route, "path", None)
-    if isinstance(template, str):
-        return str(scope.get("root_path", "")) + template
-    return str(scope.get("path", ""))
+    if not isinstance(template, str):
+        return UNMATCHED
+    if isinstance(route, Mount):
+        return str(scope.get("app_root_path", "")) + template
+    return str(scope.get("root_path", "")) + template

@@ -181,3 +181,22 @@ NOT_PLAIN_DIGITS = ["1e3", "1_000", "+5", "inf", "nan", "-1", "\u0661\u0660\u066
 @pytest.mark.parametrize("value", NOT_PLAIN_DIGITS)
 def test_milliseconds_header_takes_plain_digits_only(value: str) -> None:
     assert parse_milliseconds(value) is None
+
+
+# Whitespace str.strip() removes that HTTP's optional whitespace (space, tab) does not include.
+UNICODE_SPACES = [c for c in map(chr, range(0x80, 0x3001)) if c.isspace()]
+
+
+@given(
+    st.integers(min_value=0, max_value=10**9),
+    st.sampled_from(UNICODE_SPACES),
+    st.sampled_from(["before", "after"]),
+)
+@example(700, "\xa0", "before")  # the reported case: "\xa0700" read as 700 ms
+def test_deadline_parser_rejects_non_ascii_whitespace(
+    milliseconds: int, space: str, where: str
+) -> None:
+    value = f"{space}{milliseconds}" if where == "before" else f"{milliseconds}{space}"
+    assert parse_milliseconds(value) is None
+    assert parse_grpc_timeout(f"{space}{milliseconds % 10**8}m") is None
+    assert parse_milliseconds(f" \t{milliseconds}\t ") == pytest.approx(milliseconds / 1000)

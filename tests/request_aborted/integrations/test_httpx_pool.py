@@ -111,7 +111,7 @@ def test_pool_survives_500_token_cancellations_while_connecting_and_reading(
 def test_pool_survives_500_native_task_cancels_while_connecting_and_reading(
     slow_server: SlowServer,
 ) -> None:
-    """HAZARDS 13: a raw ``task.cancel()`` of the caller must not leak through to httpcore."""
+    """docs/hazards.md 13: a raw ``task.cancel()`` of the caller must not leak into httpcore."""
     outcomes, after = check(guarded_client, slow_server, cancel_task, seed=1093)
     assert outcomes["connect: cancelled"] > 50, outcomes
     assert outcomes["read: cancelled"] == CANCELLATIONS // 2, outcomes

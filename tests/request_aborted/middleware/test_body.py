@@ -1,4 +1,4 @@
-"""The body reaches the app byte-identical however the channel reads it (HAZARDS.md #1)."""
+"""The body reaches the app byte-identical however the channel reads it (docs/hazards.md 1)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from request_aborted import (
     CancellationToken,
@@ -263,15 +263,23 @@ def test_websocket_token_fires_on_websocket_disconnect() -> None:
     assert server.sent[1] == {"type": "websocket.send", "text": "HI"}
 
 
-def test_websocket_disconnect_exception_is_absorbed_once_token_fired() -> None:
+def test_websocket_disconnect_exception_propagates_once_token_fired() -> None:
+    """Issue 14: a client closing is a WebSocket's normal end; the app's WebSocketDisconnect
+    reaches the server as it would without the middleware (test_websockets.py has the rest)."""
+    seen: list[BaseException | None] = []
+
     async def chat(websocket: WebSocket) -> None:
         await websocket.accept()
-        while True:
-            await websocket.receive_text()  # raises WebSocketDisconnect at the end
+        try:
+            while True:
+                await websocket.receive_text()  # raises WebSocketDisconnect at the end
+        finally:
+            seen.append(request_aborted(websocket).reason)
 
     app = RequestAbortedMiddleware(Starlette(routes=[WebSocketRoute("/ws", chat)]))
-    scope = asyncio.run(WebSocketServer([]).run(app))
-    assert isinstance(scope["request_aborted.token"].reason, ClientDisconnected)
+    with pytest.raises(WebSocketDisconnect):
+        asyncio.run(WebSocketServer([]).run(app))
+    assert [type(reason) for reason in seen] == [ClientDisconnected]
 
 
 def test_websocket_closed_by_the_app_is_not_an_abort() -> None:

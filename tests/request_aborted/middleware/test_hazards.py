@@ -1,4 +1,4 @@
-"""One test (or a few) per item of ../shared/HAZARDS.md, named after it."""
+"""One test (or a few) per item 1-21 of docs/hazards.md, named after it."""
 
 from __future__ import annotations
 
