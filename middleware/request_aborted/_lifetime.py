@@ -19,7 +19,6 @@ the application's own lifespan exits (engines disposed after the last request en
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import logging
@@ -34,6 +33,7 @@ from typing import Any, Final
 from ._background import BackgroundService, ServiceRunner
 from ._context import LIFETIME_KEY
 from ._exceptions import ServerShuttingDown
+from ._loop import Loop, is_current, running_loop
 from ._token import CancellationToken, CancellationTokenSource
 
 __all__ = ["LIFETIME_KEY", "ApplicationLifetime", "Lifespan"]
@@ -79,7 +79,7 @@ class ApplicationLifetime:
         self._services: list[BackgroundService] = []
         self._runner: ServiceRunner | None = None
         self._phase = _Phase.CREATED
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Loop | None = None
         self._previous: dict[int, _SignalHandler] = {}
         self._drained = False
 
@@ -127,7 +127,7 @@ class ApplicationLifetime:
     def begin_shutdown(self) -> None:
         """Phase 1 now, phase 2 after the grace period; a second call starts phase 2 at once."""
         loop = self._loop
-        if loop is not None and asyncio._get_running_loop() is not loop:
+        if loop is not None and not is_current(loop):
             loop.call_soon_threadsafe(self.begin_shutdown)
             return
         if self._phase in (_Phase.STOPPING, _Phase.DRAINING, _Phase.STOPPED):
@@ -160,7 +160,7 @@ class ApplicationLifetime:
         if self._phase is not _Phase.CREATED:
             raise RuntimeError("an ApplicationLifetime runs one application, once")
         self._phase = _Phase.STARTING
-        self._loop = asyncio.get_running_loop()
+        self._loop = running_loop()  # asyncio's, or trio's (hypercorn -k trio runs a lifespan)
         self._install_signal_hooks()
         try:
             async with contextlib.AsyncExitStack() as stack:
