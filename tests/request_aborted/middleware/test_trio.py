@@ -9,10 +9,13 @@ The real-server half is ``tests/e2e/test_trio.py``.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -216,7 +219,9 @@ class Connection:
     async def send(self, message: Message) -> None:
         self.sent.append(message)
 
-    async def serve(self, app: ASGIApp, *, leave_after: float | None = None) -> None:
+    async def serve(
+        self, app: ASGIApp, *, leave_after: float | None = None, state: dict[str, Any] | None = None
+    ) -> None:
         scope: Scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -231,6 +236,8 @@ class Connection:
             "client": ("127.0.0.1", 1),
             "server": ("127.0.0.1", 80),
         }
+        if state is not None:
+            scope["state"] = state
         async with anyio.create_task_group() as tg:
             if leave_after is not None:
 
@@ -427,6 +434,41 @@ async def test_current_token_inside_a_request_is_the_requests_own() -> None:
     await connection.serve(RequestAbortedMiddleware(Starlette(routes=[Route("/", handler)])))
     assert connection.status == 200
     assert len(seen) == 1 and seen[0].can_be_cancelled
+
+
+@pytest.fixture
+def signals_seen() -> Iterator[list[int]]:
+    """Stand in for the server's own SIGTERM handler, so chaining can be observed."""
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    yield seen
+    signal.signal(signal.SIGTERM, previous)
+
+
+@BOTH
+@pytest.mark.anyio
+async def test_sigterm_shuts_down_in_two_phases_and_a_request_still_running_answers_503(
+    signals_seen: list[int],
+) -> None:
+    """The lifetime's signal hook hands over to the loop (trio: its run's token) from the signal
+    handler; phase 2 after the grace period ends the request in flight as a 503."""
+    lifetime = ApplicationLifetime(grace=0.1, handle_signals=True)
+    order: list[str] = []
+    lifetime.stopping.register(lambda _: order.append("stopping"))
+    lifetime.grace_expired.register(lambda _: order.append("grace expired"))
+    app = RequestAbortedMiddleware(Starlette(routes=[Route("/", sleeps_in_scope)]))
+    connection = Connection()
+    with anyio.fail_after(10):
+        async with lifetime.lifespan()(None) as state, anyio.create_task_group() as tg:
+            tg.start_soon(partial(connection.serve, app, state=dict(state)))
+            await anyio.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await lifetime.stopping.wait()
+            order.append("request still running" if connection.status is None else "over")
+    assert signals_seen == [signal.SIGTERM]  # chained to the server's handler
+    assert order == ["stopping", "request still running", "grace expired"]
+    assert connection.status == 503
+    assert lifetime.phase == "stopped"
 
 
 # -- the asyncio hot path does not consult trio ------------------------------------------------
