@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 import httpcore
 
+from ._loop import asyncio_only
+
 __all__ = ["AbortableBackend", "RequestAbort", "current_abort"]
 
 T = TypeVar("T")
@@ -77,7 +79,7 @@ class RequestAbort:
     async def connect(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Race a connect attempt with the abort; an abandoned attempt is cancelled (it is ours)."""
         self.check(httpcore.ConnectError)
-        loop = asyncio.get_running_loop()
+        loop = asyncio_only("request_aborted.httpx")
         aborted: asyncio.Future[None] = loop.create_future()
         task = asyncio.ensure_future(attempt())
         self._connecting.add(aborted)

@@ -499,3 +499,33 @@ def test_the_asyncio_path_never_looks_for_trio(monkeypatch: pytest.MonkeyPatch) 
     with TestClient(app) as client:
         assert client.get("/").status_code == 200
         assert client.get("/slow").status_code == 504
+
+
+# -- the asyncio-only integrations say so under trio ---------------------------------------------
+
+
+def test_the_httpx_integration_under_trio_says_it_runs_on_asyncio_only() -> None:
+    from request_aborted.httpx import TOKEN_EXTENSION, cancellable_client
+
+    async def main() -> None:
+        async with cancellable_client() as client:
+            await client.get(
+                "http://127.0.0.1:9/", extensions={TOKEN_EXTENSION: CancellationTokenSource().token}
+            )
+
+    with pytest.raises(RuntimeError, match=r"request_aborted\.httpx runs on asyncio only"):
+        trio.run(main)
+
+
+def test_the_sqlalchemy_integration_under_trio_says_it_runs_on_asyncio_only() -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from request_aborted.sqlalchemy import cancellable
+
+    async def main() -> None:
+        engine = create_async_engine("sqlite+aiosqlite://")
+        async with cancellable(AsyncSession(engine), CancellationTokenSource().token):
+            pass
+
+    with pytest.raises(RuntimeError, match=r"request_aborted\.sqlalchemy runs on asyncio only"):
+        trio.run(main)
