@@ -14,6 +14,8 @@ import sqlite3
 import httpx
 import pytest
 
+from repositories import EXPORT_COLUMNS
+
 from ._support import Demo, assert_no_traceback, open_request, read_response
 
 pytestmark = pytest.mark.e2e
@@ -74,6 +76,15 @@ def test_export_streams_csv(demo_log: Demo) -> None:
     assert len(rows) > 500
     assert {row["sold_on"] for row in rows} == {"2025-12-31"}
     assert rows[0]["sku"].startswith("SKU-")
+
+
+def test_export_of_a_period_without_sales_is_the_header_row(demo_log: Demo) -> None:
+    response = demo_log.get(
+        "/reports/sales/export", params={"from": "1990-01-01", "to": "1990-01-02"}
+    )
+
+    assert response.status_code == 200
+    assert response.text.splitlines() == [",".join(EXPORT_COLUMNS)]
 
 
 def test_order_is_placed_and_takes_stock(demo_log: Demo) -> None:

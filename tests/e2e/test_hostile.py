@@ -7,6 +7,7 @@ memory bounded whatever the body, and a log with no traceback and no ERROR line.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.demo._support import Demo, open_request, read_response
+from tests.demo._support import Demo, open_request, read_response, wait_until
 
 from ._demo import assert_clean_log, running_demo, sqlite_copy
 
@@ -122,3 +123,60 @@ def test_an_id_beyond_64_bits_is_a_422_problem(demo: Demo) -> None:
     assert status == 422
     assert b"items[0].product_id" in response
     assert_clean_log(demo.log())
+
+
+# -- overload: streams acquire before they start -------------------------------------------------
+
+EXPORT = "/reports/sales/export?from=2024-01-01&to=2030-12-31"
+"""Both ends given: resolving the period needs no query; the export's first query is the CSV's."""
+
+
+def pool_in_use(demo: Demo) -> int:
+    in_use: int = demo.get("/healthz").json()["pool"]["in_use"]
+    return in_use
+
+
+def test_an_export_that_cannot_get_a_connection_is_a_503_problem_not_a_broken_200(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    directory = tmp_path_factory.mktemp("pool-held")
+    database = sqlite_copy(tmp_path_factory, directory)
+    # One pooled connection and one overflow, both held by exports whose clients stop reading.
+    with running_demo(directory, database, DB_POOL_SIZE="1", DB_POOL_TIMEOUT="1") as demo:
+        stalled = [open_request(demo.port, "GET", EXPORT) for _ in range(2)]
+        try:
+            wait_until(lambda: pool_in_use(demo) == 2, 30, "two stalled exports holding the pool")
+            demo.mark_log()
+            client = open_request(demo.port, "GET", EXPORT)
+            with client:
+                head, body = read_head_and_body(client)
+        finally:
+            for reader in stalled:
+                reader.close()
+        wait_until(lambda: pool_in_use(demo) == 0, 30, "the stalled exports' connections back")
+
+        assert head.startswith(b"HTTP/1.1 503 "), head
+        assert b"content-type: application/problem+json" in head.lower()
+        assert b"retry-after: 1" in head.lower()
+        assert b"the database is unavailable right now" in body
+        assert "response already started" not in demo.log()
+        assert_clean_log(demo.log())
+
+
+def read_head_and_body(client: socket.socket, timeout: float = 30.0) -> tuple[bytes, bytes]:
+    """One response with a Content-Length: its head (status line and headers) and its body."""
+    client.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = client.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+    while match and len(body) < int(match.group(1)):
+        chunk = client.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head, body
