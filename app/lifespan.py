@@ -50,7 +50,11 @@ def demo_lifespan(
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[dict[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
-            database = Database(settings.database_url, pool_size=settings.db_pool_size)
+            database = Database(
+                settings.database_url,
+                pool_size=settings.db_pool_size,
+                pool_timeout=settings.db_pool_timeout,
+            )
             stack.push_async_callback(database.dispose)
             if debug is not None:
                 debug.watch(database.engine.sync_engine)

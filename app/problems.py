@@ -58,7 +58,12 @@ async def _service_error(request: Request, exc: Exception) -> Response:
     status = 400 if isinstance(exc, BadRequest) else _STATUS.get(type(exc), 400)
     if isinstance(exc, InvalidInput) and exc.errors:
         return problem(status, exc.detail, errors=exc.errors)
-    return problem(status, exc.detail)
+    response = problem(status, exc.detail)
+    if isinstance(exc, PayloadTooLarge):
+        # The rest of the body is unread: closing beats reading (and discarding) megabytes more
+        # only to keep a connection the client has shown it would misuse.
+        response.headers["connection"] = "close"
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -23,6 +23,8 @@ class Settings:
 
     database_url: str = f"sqlite+aiosqlite:///{DEFAULT_DATA_DIR / 'demo.db'}"
     db_pool_size: int = 5
+    db_pool_timeout: float = 30.0
+    """How long a request waits for a pooled connection before it is answered 503 (overload)."""
     seed_rows: int | None = None
     """Sales rows to seed an empty database with; ``None`` picks a size that suits the dialect."""
     recommender_url: str | None = None
@@ -52,6 +54,7 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or defaults.database_url,
             db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size),
+            db_pool_timeout=_float(env, "DB_POOL_TIMEOUT", defaults.db_pool_timeout),
             seed_rows=_optional_int(env, "SEED_ROWS"),
             recommender_url=env.get("RECOMMENDER_URL") or None,
             recommender_latency_ms=_range(env, "RECOMMENDER_LATENCY_MS", (50.0, 150.0)),

@@ -43,8 +43,15 @@ class PoolStatus:
 class Database:
     """Owns the engine; ``unit_of_work()`` hands out one session's worth of repositories."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
-        options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size, "echo": echo}
+    def __init__(
+        self, url: str, *, pool_size: int = 5, pool_timeout: float = 30.0, echo: bool = False
+    ) -> None:
+        options: dict[str, Any] = {
+            "pool_size": pool_size,
+            "max_overflow": pool_size,
+            "pool_timeout": pool_timeout,
+            "echo": echo,
+        }
         pooler = pooler_options(make_url(url))
         parsed = pooler.url
         if pooler.connect_args:

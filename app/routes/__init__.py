@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
-from request_aborted import inject
+from request_aborted import Readiness, inject
 
 from ..benchmark import ignoring_cancellation
 from ..debug import DebugEvents
@@ -38,6 +38,7 @@ def build_routes(
         Route("/orders", bind(place_order), methods=["POST"]),
         Route("/uploads", bind(upload), methods=["POST"]),
         Route("/healthz", bind(healthz)),
+        Route("/readyz", Readiness()),  # 503 from the first shutdown signal on
         Route("/metrics", metrics.endpoint),
     ]
     if debug is not None:

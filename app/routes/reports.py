@@ -48,8 +48,18 @@ async def export(request: Request, name: str, token: CancellationToken) -> Respo
     # Validate before the first byte: once the 200 is out, an error can only cut the body short.
     period = await app.reports.period(name, first, last, token)
     filename = f"{name}-{period.first}-{period.last}.csv"
+    chunks = _csv(app, name, period, token)
+    try:
+        # Acquire before starting: the first chunk takes a pooled connection and runs the query,
+        # so an exhausted pool or a database that is down is still a 503 problem (with
+        # Retry-After) here, and not a 200 followed by a broken body and a traceback.
+        opening = await anext(chunks)
+    except BaseException:
+        await chunks.aclose()
+        raise
     return ClosingStreamingResponse(
-        _csv(app, name, period, token),
+        chunks,
+        first=opening,
         media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="{filename}"'},
     )
@@ -58,6 +68,7 @@ async def export(request: Request, name: str, token: CancellationToken) -> Respo
 async def _csv(
     app: Services, name: str, period: Period, token: CancellationToken
 ) -> AsyncGenerator[bytes, None]:
+    """The CSV, header row first; the first chunk holds the first batch (or is the whole file)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
@@ -68,6 +79,8 @@ async def _csv(
             buffer.seek(0)
             buffer.truncate()
             app.metrics.export_rows.labels(name).inc(len(batch))
+    if buffer.tell():  # no rows at all: the header row alone
+        yield buffer.getvalue().encode()
 
 
 def _row(row: DailySales) -> dict[str, object]:

@@ -12,6 +12,10 @@ the generator holds a database cursor:
 
 Here the request's token does that job: when the client leaves, the token fires, the cursor's next
 fetch is refused with ``OperationCancelled``, and the generator is closed right here.
+
+A handler may start the generator itself (``first=await anext(chunks)``) before it returns the
+response: whatever the first chunk needs (a pooled connection, a query) then fails while an error
+can still be a problem document, before any header is sent.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ __all__ = ["ClosingStreamingResponse"]
 
 
 class ClosingStreamingResponse(Response):
-    """Send each chunk of ``chunks`` as it comes; always ``aclose()`` it before returning."""
+    """Send ``first`` (if given), then each chunk of ``chunks`` as it comes; always ``aclose()``
+    ``chunks`` before returning, whether or not the response could start."""
 
     def __init__(
         self,
@@ -35,8 +40,10 @@ class ClosingStreamingResponse(Response):
         media_type: str,
         headers: Mapping[str, str] | None = None,
         status_code: int = 200,
+        first: bytes | None = None,
     ) -> None:
         self.chunks = chunks
+        self.first = first
         self.status_code = status_code
         self.media_type = media_type
         self.background = None
@@ -51,6 +58,8 @@ class ClosingStreamingResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
+            if self.first is not None:
+                await send({"type": "http.response.body", "body": self.first, "more_body": True})
             async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -29,6 +29,7 @@ from ._timeouts import request_timeout as request_timeout
 from ._token import CancellationToken as CancellationToken
 from ._token import CancellationTokenSource as CancellationTokenSource
 from ._token import Registration as Registration
+from .readiness import Readiness as Readiness
 
 __all__ = [
     "DEFAULT_DEADLINE_HEADER",
@@ -44,6 +45,7 @@ __all__ = [
     "DeadlineExceeded",
     "DeadlineHeader",
     "OperationCancelled",
+    "Readiness",
     "Registration",
     "RequestAbortedMiddleware",
     "RequestTimedOut",

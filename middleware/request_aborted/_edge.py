@@ -48,6 +48,8 @@ from ._exceptions import (
 if TYPE_CHECKING:
     from starlette.types import Scope, Send
 
+    from ._log import AbortLog
+
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "Connection",
@@ -174,7 +176,10 @@ async def end_response(
         logger.debug("could not finish the response of an aborted request: %r", exc)
 
 
-def log_abort(scope: Scope, reason: BaseException, status: int, elapsed: float) -> None:
+def log_abort(
+    scope: Scope, reason: BaseException, status: int, elapsed: float, log: AbortLog
+) -> None:
+    """The one line per aborted request, through ``log`` (visible by default: see ``_log``)."""
     # The path is the client's, percent-decoded by the server: "%0a" arrives as a newline and
     # would let any client forge whole lines in the server log. Method too (h11 and httptools
     # validate it, an ASGI scope need not). Escaped in the structured fields as well, since a
@@ -184,7 +189,7 @@ def log_abort(scope: Scope, reason: BaseException, status: int, elapsed: float) 
     level = logging.INFO
     if isinstance(reason, DeadlineExceeded):
         level = logging.WARNING
-    logger.log(
+    log.log(
         level,
         "%s %s aborted after %.3fs: %s (%d)",
         method,

@@ -12,6 +12,12 @@ stop. So the lifetime hooks SIGTERM/SIGINT itself, chained in front of the serve
    (the middleware's edge), so the server's drain completes *before* its own hard timeout would
    cancel handlers mid-cleanup.
 
+With ``drain_delay``, the signal reaches the server only that many seconds after phase 1 began:
+the server keeps accepting requests while a readiness probe (``request_aborted.readiness``)
+already answers 503, so a load balancer stops routing to the instance before it stops listening.
+Servers that read signals themselves (hypercorn, granian: asyncio's or Rust's own handlers) learn
+of the signal at once regardless.
+
 When the server then runs lifespan shutdown, background services get their bounded stop time,
 the application's own lifespan exits (engines disposed after the last request ended), and
 ``stopped`` fires last.
@@ -60,6 +66,19 @@ class ApplicationLifetime:
     Wire it with ``Starlette(lifespan=lifetime.lifespan(your_lifespan))`` (FastAPI alike). The
     middleware finds it in the lifespan state and links every request to ``grace_expired``;
     ``inject`` binds parameters annotated ``ApplicationLifetime``.
+
+    ``grace``: seconds the server's drain gets before requests still running are aborted.
+    ``drain_delay``: seconds between the first signal (phase 1; readiness answers 503) and
+    passing it on to the server, which then stops accepting; phase 2 comes ``drain_delay +
+    grace`` after phase 1. Off (0) by default. See docs/deployment.md for choosing both.
+
+    One run at a time, any number of runs in sequence: a lifetime that has stopped starts afresh
+    at the next lifespan startup, with new tokens and the services registered before the first
+    start (services added by the application's own lifespan are added again by it). So a
+    module-level app survives one ``with TestClient(app):`` per test, each a real start and stop,
+    as a process that serves it would see it once. A second startup while a run is still going
+    (two servers or two clients at once on one lifetime) is refused: the tokens and services of
+    the two would be one, and stopping one would stop both.
     """
 
     def __init__(
@@ -68,20 +87,29 @@ class ApplicationLifetime:
         grace: float = 30.0,
         stop_timeout: float = 10.0,
         handle_signals: bool = True,
+        drain_delay: float = 0.0,
     ) -> None:
         self.grace = grace
+        self.drain_delay = drain_delay
         self.stop_timeout = stop_timeout
         self.handle_signals = handle_signals
+        self._registered: list[BackgroundService] = []  # before a start: kept for every run
+        self._previous: dict[int, _SignalHandler] = {}
+        self._phase = _Phase.CREATED
+        self._fresh_run()
+
+    def _fresh_run(self) -> None:
+        """What one run owns: its four tokens, its services, its loop and runner."""
         self._started = CancellationTokenSource()
         self._stopping = CancellationTokenSource()
         self._grace_expired = CancellationTokenSource()
         self._stopped = CancellationTokenSource()
-        self._services: list[BackgroundService] = []
+        self._services: list[BackgroundService] = list(self._registered)
         self._runner: ServiceRunner | None = None
-        self._phase = _Phase.CREATED
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._previous: dict[int, _SignalHandler] = {}
         self._drained = False
+        self._signalled = False
+        self._deferred: asyncio.TimerHandle | None = None
 
     @property
     def started(self) -> CancellationToken:
@@ -111,11 +139,17 @@ class ApplicationLifetime:
         """Register a background service; it starts after startup and stops at phase 1.
 
         Services may be added until startup completes, so the application's own lifespan can
-        build them from the resources it creates (an engine, a client).
+        build them from the resources it creates (an engine, a client). Those added while no run
+        is going (before the first, or between runs) belong to every later run; those added
+        during startup to that run only.
         """
-        if self._phase not in (_Phase.CREATED, _Phase.STARTING):
+        if self._phase is _Phase.STARTING:
+            self._services.append(service)
+        elif self._phase in (_Phase.CREATED, _Phase.STOPPED):
+            self._registered.append(service)
+            self._services.append(service)
+        else:
             raise RuntimeError("add background services before the application starts")
-        self._services.append(service)
 
     def stop_application(self) -> None:
         """Ask the server to shut down, as a SIGTERM would (.NET's ``StopApplication``)."""
@@ -140,7 +174,8 @@ class ApplicationLifetime:
         self._stopping.cancel(ServerShuttingDown())
         if self._runner is not None:
             self._runner.signal_stop()
-        self._grace_expired.cancel_after(self.grace, ServerShuttingDown())
+        # The server hears of it drain_delay later; its drain gets the whole grace from then.
+        self._grace_expired.cancel_after(self.drain_delay + self.grace, ServerShuttingDown())
         self._grace_expired.register(self._log_grace_expired)
 
     def lifespan(
@@ -157,8 +192,14 @@ class ApplicationLifetime:
 
     @asynccontextmanager
     async def _run(self, app: Any, inner: Lifespan | None) -> AsyncIterator[dict[str, Any]]:
-        if self._phase is not _Phase.CREATED:
-            raise RuntimeError("an ApplicationLifetime runs one application, once")
+        if self._phase is _Phase.STOPPED:
+            self._fresh_run()
+        elif self._phase is not _Phase.CREATED:
+            raise RuntimeError(
+                f"this ApplicationLifetime is already running an application ({self._phase.value}):"
+                " it runs one application at a time, so start the next one (a TestClient, a"
+                " server) after this one stopped, or give each its own ApplicationLifetime"
+            )
         self._phase = _Phase.STARTING
         self._loop = asyncio.get_running_loop()
         self._install_signal_hooks()
@@ -222,11 +263,26 @@ class ApplicationLifetime:
                 signal.signal(signum, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Runs in the main thread between bytecodes: hand over to the loop, then chain.
+        # Runs in the main thread between bytecodes: hand over to the loop, then chain (the first
+        # signal after drain_delay, so the server keeps accepting while readiness says 503).
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self.begin_shutdown)
+                if self.drain_delay > 0 and not self._signalled:
+                    self._signalled = True
+                    loop.call_soon_threadsafe(self._chain_later, signum)
+                    return
+        self._chain(signum, frame)
+
+    def _chain_later(self, signum: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._deferred = loop.call_later(self.drain_delay, self._chain, signum, None)
+
+    def _chain(self, signum: int, frame: FrameType | None) -> None:
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            deferred.cancel()  # a second signal passes the first on at once
         previous = self._previous.get(signum)
         if callable(previous):
             previous(signum, frame)

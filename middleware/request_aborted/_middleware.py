@@ -30,6 +30,7 @@ from ._exceptions import (
     ServerShuttingDown,
     describe,
 )
+from ._log import AbortLog
 from ._scope import TokenScope
 from ._timeouts import TimeoutPolicy, resolve_policy
 from ._token import CancellationToken, CancellationTokenSource, Registration
@@ -111,6 +112,7 @@ class RequestAbortedMiddleware:
         self.max_buffer = max_buffer
         self.watch_delay = watch_delay
         self.lock = threading.Lock()  # shared by this middleware's request sources
+        self.abort_log = AbortLog(logger)  # the abort line, visible without logging set up
         self._running: tuple[int, asyncio.AbstractEventLoop, Watchlist | None] | None = None
 
     def running(self) -> tuple[int, asyncio.AbstractEventLoop, Watchlist | None]:
@@ -261,7 +263,7 @@ class _Request(RequestChannel):
         """The one log line and the ``on_abort`` call, HTTP and WebSocket alike."""
         elapsed = time.monotonic() - self.started_at
         scope[FIRED_AT_KEY] = self._cancelled_at
-        log_abort(scope, reason, status, elapsed)
+        log_abort(scope, reason, status, elapsed, self._options.abort_log)
         hook = self._options.on_abort
         if hook is not None:
             try:

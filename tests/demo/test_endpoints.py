@@ -14,6 +14,8 @@ import sqlite3
 import httpx
 import pytest
 
+from repositories import EXPORT_COLUMNS
+
 from ._support import Demo, assert_no_traceback, open_request, read_response
 
 pytestmark = pytest.mark.e2e
@@ -74,6 +76,15 @@ def test_export_streams_csv(demo_log: Demo) -> None:
     assert len(rows) > 500
     assert {row["sold_on"] for row in rows} == {"2025-12-31"}
     assert rows[0]["sku"].startswith("SKU-")
+
+
+def test_export_of_a_period_without_sales_is_the_header_row(demo_log: Demo) -> None:
+    response = demo_log.get(
+        "/reports/sales/export", params={"from": "1990-01-01", "to": "1990-01-02"}
+    )
+
+    assert response.status_code == 200
+    assert response.text.splitlines() == [",".join(EXPORT_COLUMNS)]
 
 
 def test_order_is_placed_and_takes_stock(demo_log: Demo) -> None:
@@ -183,6 +194,18 @@ def test_bad_query_is_a_clear_problem(
         (b'{"customer_id": 99999999, "items": [{"product_id": 1, "quantity": 1}]}', 422,
          "no customer 99999999"),
         (b'{"customer_id": true, "items": [{"product_id": 1, "quantity": 1}]}', 422, "not valid"),
+        # Hostile: what made the parser or the database raise (500 and a traceback) before.
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested deeper than 32 levels"),
+        (b'{"customer_id": 1, "items": [{"product_id": ' + b"7" * 5000 + b', "quantity": 1}]}',
+         400, "a number longer than 32 characters"),
+        (b'{"customer_id": 1e999, "items": []}', 400, "out of range"),
+        (b'{"customer_id": NaN, "items": []}', 400, "NaN is not a JSON number"),
+        (b'{"customer_id": 1, "items": [{"product_id": 9223372036854775808, "quantity": 1}]}',
+         422, "not valid"),
+        (b'{"customer_id": -1, "items": [{"product_id": 0, "quantity": 1}]}', 422, "not valid"),
+        (b'{"customer_id": 1, "items": [{"product_id": 1, "quantity": 100000000000000000000}]}',
+         422, "quantities"),
+        (b'{"customer_id": 1, "note": "' + b"[" * 1000 + b'", "items": []}', 422, "at least one"),
     ],
 )  # fmt: skip
 def test_bad_order_is_a_clear_problem(
@@ -199,6 +222,45 @@ def test_order_validation_lists_every_problem(demo_log: Demo) -> None:
     assert_problem(response, 422, "the order is not valid")
     fields = [error["field"] for error in response.json()["errors"]]
     assert fields == ["customer_id", "items[0].product_id", "items[0].quantity", "items[1]"]
+
+
+def test_order_ids_out_of_range_name_their_fields(demo_log: Demo) -> None:
+    body = {"customer_id": 2**31, "items": [{"product_id": 0, "quantity": 1}]}
+    response = demo_log.post("/orders", json=body)
+
+    assert_problem(response, 422, "the order is not valid")
+    fields = [error["field"] for error in response.json()["errors"]]
+    assert fields == ["customer_id", "items[0].product_id"]
+    assert "from 1 to 2147483647" in response.json()["errors"][0]["message"]
+
+
+def test_order_body_over_its_limit_is_refused_and_the_connection_closed(demo_log: Demo) -> None:
+    client = open_request(
+        demo_log.port, "POST", "/orders", body=b" " * (256 * 1024 + 1),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with client:
+        status, body = read_response(client)
+        client.settimeout(10)
+        try:
+            closed = client.recv(1) == b""
+        except ConnectionResetError:  # closed with the rest of the body unread: a reset
+            closed = True
+
+    assert status == 413
+    assert b"the body is limited to 262144 bytes" in body
+    assert closed
+    assert_no_traceback(demo_log.log())
+
+
+def test_order_body_declared_over_its_limit_is_refused_before_reading(demo_log: Demo) -> None:
+    client = open_request(demo_log.port, "POST", "/orders", headers={"Content-Length": str(10**9)})
+    with client:
+        status, body = read_response(client)
+
+    assert status == 413
+    assert b"the body is limited to 262144 bytes" in body
+    assert_no_traceback(demo_log.log())
 
 
 def test_upload_over_the_declared_limit_is_refused_before_reading(demo_log: Demo) -> None:

@@ -22,6 +22,7 @@ def test_environment_overrides() -> None:
         {
             "DATABASE_URL": "postgresql+asyncpg://demo@db/demo",
             "DB_POOL_SIZE": "20",
+            "DB_POOL_TIMEOUT": "2.5",
             "SEED_ROWS": "1_000_000",
             "RECOMMENDER_URL": "http://upstream:8001",
             "RECOMMENDER_LATENCY_MS": "10-20",
@@ -33,6 +34,7 @@ def test_environment_overrides() -> None:
     )
     assert settings.database_url == "postgresql+asyncpg://demo@db/demo"
     assert (settings.db_pool_size, settings.seed_rows) == (20, 1_000_000)
+    assert settings.db_pool_timeout == 2.5
     assert settings.recommender_url == "http://upstream:8001"
     assert settings.recommender_latency_ms == (10.0, 20.0)
     assert (settings.request_timeout, settings.report_timeout) == (None, 2.5)

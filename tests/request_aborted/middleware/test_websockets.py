@@ -14,6 +14,7 @@ import logging
 
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.types import Message, Scope
@@ -111,13 +112,7 @@ def test_websocket_disconnect_fires_the_token_with_client_disconnected() -> None
 
 
 def test_websocket_disconnect_fastapi_test_client_pattern() -> None:
-    """FastAPI's docs test a WebSocket endpoint with ``pytest.raises(WebSocketDisconnect)``.
-
-    The TestClient runs on httpx2 (a dev dependency), as Starlette 1.10 asks: on httpx it would
-    warn, and warnings are errors here.
-    """
-    from fastapi.testclient import TestClient
-
+    """FastAPI's docs test a WebSocket endpoint with ``pytest.raises(WebSocketDisconnect)``."""
     app = FastAPI()
     app.add_api_websocket_route("/ws", chat)
     app.add_middleware(RequestAbortedMiddleware)

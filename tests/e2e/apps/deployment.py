@@ -1,0 +1,76 @@
+"""The app every server in the deployment matrix runs (tests/e2e/test_deployment*.py).
+
+``/slow?seconds=N`` waits under its token (a client that leaves or a shutdown ends it),
+``/upload`` counts a streamed body, ``/timeout`` outlives its 0.5 s policy, ``/readyz`` is the
+readiness probe. ``SHUTDOWN_GRACE`` and ``DRAIN_DELAY`` configure the lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from request_aborted import (
+    ApplicationLifetime,
+    CancellationToken,
+    Readiness,
+    RequestAbortedMiddleware,
+    inject,
+    request_timeout,
+)
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("deployment-app")
+
+
+@inject
+async def slow(request: Request, token: CancellationToken) -> PlainTextResponse:
+    seconds = float(request.query_params.get("seconds", "30"))
+    log.info("started /slow %g pid=%d", seconds, os.getpid())
+    try:
+        async with token.scope():
+            await asyncio.sleep(seconds)
+    finally:
+        log.info("finished /slow %g", seconds)
+    return PlainTextResponse("slow done")
+
+
+@inject
+async def upload(request: Request, token: CancellationToken) -> JSONResponse:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+    return JSONResponse({"bytes": received})
+
+
+@request_timeout(0.5)
+@inject
+async def timeout(token: CancellationToken) -> PlainTextResponse:
+    async with token.scope():
+        await asyncio.sleep(30)
+    return PlainTextResponse("never")
+
+
+lifetime = ApplicationLifetime(
+    grace=float(os.environ.get("SHUTDOWN_GRACE", "1")),
+    drain_delay=float(os.environ.get("DRAIN_DELAY", "0")),
+    stop_timeout=2,
+)
+
+app = Starlette(
+    routes=[
+        Route("/slow", slow),
+        Route("/upload", upload, methods=["POST"]),
+        Route("/timeout", timeout),
+        Route("/readyz", Readiness()),
+    ],
+    middleware=[Middleware(RequestAbortedMiddleware)],
+    lifespan=lifetime.lifespan(),
+)
