@@ -10,7 +10,9 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from fastapi import FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -30,6 +32,7 @@ from request_aborted import (
     inject,
     request_timeout,
 )
+from request_aborted.fastapi import RequestAborted
 from request_aborted.opentelemetry import OpenTelemetryAbortHook
 from request_aborted.testing import Exchange, Vanish
 
@@ -218,3 +221,31 @@ def test_without_a_recording_span_the_hook_does_nothing(exporter: InMemorySpanEx
 
     assert isinstance(exchange.reason, ClientDisconnected)
     assert server_span(exporter).events == ()
+
+
+fastapi_app = FastAPI()
+fastapi_app.add_middleware(RequestAbortedMiddleware, on_abort=OpenTelemetryAbortHook())
+
+
+@fastapi_app.get("/items/{item}")
+async def item(item: int, token: RequestAborted) -> dict[str, int]:
+    async with token.scope():
+        await asyncio.sleep(10)
+    return {"item": item}
+
+
+def test_fastapi_instrumentor_places_its_span_around_ours(exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    FastAPIInstrumentor.instrument_app(fastapi_app, tracer_provider=provider)
+    try:
+        exchange = Exchange(fastapi_app, path="/items/7", vanish=Vanish.in_handler(delay=0.05))
+        asyncio.run(exchange.run())
+    finally:
+        FastAPIInstrumentor.uninstrument_app(fastapi_app)
+
+    span = server_span(exporter)
+    assert span.name == "GET /items/{item}"
+    assert span.attributes is not None
+    assert span.attributes["http.response.status_code"] == 499
+    assert [event.name for event in span.events] == ["ClientDisconnected"]
