@@ -1,7 +1,8 @@
 """OpenTelemetryAbortHook: the server span of an aborted request says what the client was given.
 
 OpenTelemetry's ASGI middleware wraps ours and records spans into the SDK's in-memory exporter;
-clients leave through ``request_aborted.testing.Exchange``, which really closes the request.
+clients leave through ``request_aborted.testing.Exchange``, which really closes the request
+(TestClient cannot show a client leaving); one timeout goes through TestClient as well.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
+from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
 from request_aborted import (
@@ -249,3 +251,14 @@ def test_fastapi_instrumentor_places_its_span_around_ours(exporter: InMemorySpan
     assert span.attributes is not None
     assert span.attributes["http.response.status_code"] == 499
     assert [event.name for event in span.events] == ["ClientDisconnected"]
+
+
+def test_through_testclient_a_timeout_marks_the_span(exporter: InMemorySpanExporter) -> None:
+    with TestClient(traced(exporter)) as client:
+        response = client.get("/overrun")
+
+    span = server_span(exporter)
+    assert response.status_code == 504
+    assert span.attributes is not None
+    assert span.attributes["http.response.status_code"] == 504
+    assert [event.name for event in span.events] == ["RequestTimedOut"]
