@@ -295,7 +295,7 @@ def report(rounds: list[Round], args: argparse.Namespace, environment: str) -> s
     cpu_total = ratios(lambda r: r.total.pg_cpu_abandoned)
     lines = [
         "# Goodput when half the clients give up"
-        + ("" if args.pool == DEFAULT_POOL else f", the pool saturated ({args.pool} + {args.pool})"),
+        + ("" if args.pool == DEFAULT_POOL else f", pool saturated ({args.pool} + {args.pool})"),
         "",
         f"reproduce: `.venv/bin/python bench/bench_goodput.py --pairs {args.pairs} "
         f"--seconds {args.seconds:g} --clients {args.clients}"
