@@ -111,7 +111,7 @@ class LiveStats:
     ``/debug/...`` are not counted: the panel polls twice a second and would mostly count itself.
     """
 
-    QUIET_PATHS: Final = ("/", "/stats", "/metrics", "/favicon.ico")
+    QUIET_PATHS: Final = ("/", "/stats", "/metrics", "/favicon.ico", "/about")
     QUIET_PREFIXES: Final = ("/static/", "/debug/")
 
     def __init__(self) -> None:

@@ -20,6 +20,7 @@ A result that is missing leaves its panel out; nothing is measured here. Needs m
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,14 @@ OUTPUT = ROOT / "docs" / "benchmarks.png"
 HONOURED, IGNORED = "#2a7ab0", "#c8553d"
 
 Table = list[dict[str, str]]
+Draw = Callable[[Axes], None]
+PANEL_HEIGHT = 4.2  # inches, for a panel whose labels fit on one or two lines
+LABEL_WIDTH = 60  # characters per line of a bar label; longer labels wrap on word boundaries
+
+
+def wrapped(label: str, width: int = LABEL_WIDTH) -> str:
+    """``label`` on as many lines as it needs, broken between words, never inside one."""
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False, break_on_hyphens=False))
 
 
 def tables(text: str) -> list[Table]:
@@ -77,7 +86,7 @@ def table_with(text: str | None, column: str) -> Table:
 # -- panels ------------------------------------------------------------------------------------
 
 
-def goodput_panel(text: str) -> Callable[[Axes], None] | None:
+def goodput_panel(text: str) -> tuple[Draw, float] | None:
     rows = table_with(text, "per round (median)")
     by_name = {row["per round (median)"]: row for row in rows}
     goodput = by_name.get("reports answered in full per second (goodput)")
@@ -104,21 +113,28 @@ def goodput_panel(text: str) -> Callable[[Axes], None] | None:
                   labels=["token honoured", "token ignored"], loc="upper center")  # fmt: skip
         ax.set_title("Half the clients give up after 200 ms (PostgreSQL, pool of 10)")
 
-    return draw
+    return draw, PANEL_HEIGHT
 
 
-def overhead_panel(text: str) -> Callable[[Axes], None] | None:
+def overhead_labels(rows: Table) -> list[str]:
+    """One label per variant: the endpoint and the variant's description, wrapped."""
+    return [wrapped(f"{row['endpoint']} {row['variant'].removesuffix(', for reference')}")
+            for row in rows]  # fmt: skip
+
+
+def overhead_panel(text: str) -> tuple[Draw, float] | None:
     rows = [row for row in table_with(section(text, "bench_overhead"), "paired ratio")
             if number(row.get("paired ratio", "")) is not None]  # fmt: skip
     if not rows:
         return None
+    labels = overhead_labels(rows)
+    lines = sum(label.count("\n") + 1 for label in labels)
 
     def draw(ax: Axes) -> None:
-        labels = [f"{row['endpoint']} {row['variant']}"[:60] for row in rows]
         ratios = [number(row["paired ratio"]) or 0.0 for row in rows]
         positions = range(len(rows))
         ax.barh(positions, ratios, color=HONOURED)
-        ax.set_yticks(list(positions), labels, fontsize=7)
+        ax.set_yticks(list(positions), labels, fontsize=7, linespacing=1.0)
         ax.invert_yaxis()
         ax.axvline(1.0, color="grey", linewidth=0.8)
         for position, row in zip(positions, rows, strict=True):
@@ -128,10 +144,10 @@ def overhead_panel(text: str) -> Callable[[Axes], None] | None:
         ax.set_xlabel("throughput relative to the baseline (paired); black tick: target")
         ax.set_title("Overhead of the middleware (bench_overhead.py)")
 
-    return draw
+    return draw, max(PANEL_HEIGHT, 1.2 + 0.22 * lines)
 
 
-def latency_panel(text: str) -> Callable[[Axes], None] | None:
+def latency_panel(text: str) -> tuple[Draw, float] | None:
     name = next((n for n in ("bench_disconnect_latency-realtime", "bench_disconnect_latency")
                  if section(text, n)), None)  # fmt: skip
     rows = table_with(section(text, name) if name else None, "token p99")
@@ -149,10 +165,10 @@ def latency_panel(text: str) -> Callable[[Axes], None] | None:
         ax.legend()
         ax.set_title(f"Disconnect latency ({name})")
 
-    return draw
+    return draw, PANEL_HEIGHT
 
 
-def memory_panel(text: str) -> Callable[[Axes], None] | None:
+def memory_panel(text: str) -> tuple[Draw, float] | None:
     rows = table_with(section(text, "bench_memory"), "middleware RSS MiB")
     if not rows:
         return None
@@ -171,7 +187,7 @@ def memory_panel(text: str) -> Callable[[Axes], None] | None:
         ax.legend(loc="lower right")
         ax.set_title("Memory over 100,000 requests (bench_memory.py)")
 
-    return draw
+    return draw, PANEL_HEIGHT
 
 
 def main() -> None:
@@ -185,8 +201,10 @@ def main() -> None:
     ]  # fmt: skip
     if not panels:
         raise SystemExit(f"no results to draw in {RESULTS}")
-    figure, axes = plt.subplots(len(panels), 1, figsize=(10, 4.2 * len(panels)))
-    for draw, ax in zip(panels, [axes] if len(panels) == 1 else axes, strict=True):
+    heights = [height for _, height in panels]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(10, sum(heights)),
+                                gridspec_kw={"height_ratios": heights})  # fmt: skip
+    for (draw, _), ax in zip(panels, [axes] if len(panels) == 1 else axes, strict=True):
         draw(ax)
     figure.tight_layout()
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,14 @@ class ApplicationLifetime:
     ``drain_delay``: seconds between the first signal (phase 1; readiness answers 503) and
     passing it on to the server, which then stops accepting; phase 2 comes ``drain_delay +
     grace`` after phase 1. Off (0) by default. See docs/deployment.md for choosing both.
+
+    One run at a time, any number of runs in sequence: a lifetime that has stopped starts afresh
+    at the next lifespan startup, with new tokens and the services registered before the first
+    start (services added by the application's own lifespan are added again by it). So a
+    module-level app survives one ``with TestClient(app):`` per test, each a real start and stop,
+    as a process that serves it would see it once. A second startup while a run is still going
+    (two servers or two clients at once on one lifetime) is refused: the tokens and services of
+    the two would be one, and stopping one would stop both.
     """
 
     def __init__(
@@ -85,15 +93,20 @@ class ApplicationLifetime:
         self.drain_delay = drain_delay
         self.stop_timeout = stop_timeout
         self.handle_signals = handle_signals
+        self._registered: list[BackgroundService] = []  # before a start: kept for every run
+        self._previous: dict[int, _SignalHandler] = {}
+        self._phase = _Phase.CREATED
+        self._fresh_run()
+
+    def _fresh_run(self) -> None:
+        """What one run owns: its four tokens, its services, its loop and runner."""
         self._started = CancellationTokenSource()
         self._stopping = CancellationTokenSource()
         self._grace_expired = CancellationTokenSource()
         self._stopped = CancellationTokenSource()
-        self._services: list[BackgroundService] = []
+        self._services: list[BackgroundService] = list(self._registered)
         self._runner: ServiceRunner | None = None
-        self._phase = _Phase.CREATED
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._previous: dict[int, _SignalHandler] = {}
         self._drained = False
         self._signalled = False
         self._deferred: asyncio.TimerHandle | None = None
@@ -126,11 +139,17 @@ class ApplicationLifetime:
         """Register a background service; it starts after startup and stops at phase 1.
 
         Services may be added until startup completes, so the application's own lifespan can
-        build them from the resources it creates (an engine, a client).
+        build them from the resources it creates (an engine, a client). Those added while no run
+        is going (before the first, or between runs) belong to every later run; those added
+        during startup to that run only.
         """
-        if self._phase not in (_Phase.CREATED, _Phase.STARTING):
+        if self._phase is _Phase.STARTING:
+            self._services.append(service)
+        elif self._phase in (_Phase.CREATED, _Phase.STOPPED):
+            self._registered.append(service)
+            self._services.append(service)
+        else:
             raise RuntimeError("add background services before the application starts")
-        self._services.append(service)
 
     def stop_application(self) -> None:
         """Ask the server to shut down, as a SIGTERM would (.NET's ``StopApplication``)."""
@@ -173,8 +192,14 @@ class ApplicationLifetime:
 
     @asynccontextmanager
     async def _run(self, app: Any, inner: Lifespan | None) -> AsyncIterator[dict[str, Any]]:
-        if self._phase is not _Phase.CREATED:
-            raise RuntimeError("an ApplicationLifetime runs one application, once")
+        if self._phase is _Phase.STOPPED:
+            self._fresh_run()
+        elif self._phase is not _Phase.CREATED:
+            raise RuntimeError(
+                f"this ApplicationLifetime is already running an application ({self._phase.value}):"
+                " it runs one application at a time, so start the next one (a TestClient, a"
+                " server) after this one stopped, or give each its own ApplicationLifetime"
+            )
         self._phase = _Phase.STARTING
         self._loop = asyncio.get_running_loop()
         self._install_signal_hooks()

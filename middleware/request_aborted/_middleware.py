@@ -42,9 +42,15 @@ __all__ = ["AbortHook", "RequestAbortedMiddleware"]
 logger = logging.getLogger("request_aborted")
 
 AbortHook = Callable[[Scope, BaseException, float], object]
-"""Called once per aborted request with ``(scope, reason, elapsed_seconds)``."""
+"""Called once per aborted request with ``(scope, reason, elapsed_seconds)``.
+
+It runs after the handler returned and before the edge's 504/503 is sent (so a tracing span that
+wraps the middleware is still open); the scope then holds ``request_aborted.fired_at``,
+``request_aborted.status`` and ``request_aborted.response_started``."""
 
 FIRED_AT_KEY: Final = "request_aborted.fired_at"  # for on_abort hooks: when the token fired
+STATUS_KEY: Final = "request_aborted.status"  # ...the status it ends with (as logged)
+STARTED_KEY: Final = "request_aborted.response_started"  # ...and whether headers were out
 DEFAULT_MAX_BUFFER: Final = 1 << 20
 DEFAULT_WATCH_DELAY: Final = 0.001  # see the class docstring
 GOING_AWAY: Final = 1001  # RFC 6455: the close code for a WebSocket ended by timeout or shutdown
@@ -268,6 +274,9 @@ class _Request(RequestChannel):
         reason = self._reason
         assert reason is not None
         status = status_for(reason, self._status)
+        # Reported before the answer goes out: sending its last byte ends a tracing span that
+        # wraps us (OpenTelemetry's ASGI middleware), and on_abort hooks annotate that span.
+        self._report(scope, reason, status)
         await end_response(
             self.send,
             reason,
@@ -276,12 +285,13 @@ class _Request(RequestChannel):
             completed=self.completed,
             body_unread=not self._body_done and _expects_body(scope),
         )
-        self._report(scope, reason, status)
 
     def _report(self, scope: Scope, reason: BaseException, status: int) -> None:
         """The one log line and the ``on_abort`` call, HTTP and WebSocket alike."""
         elapsed = time.monotonic() - self.started_at
         scope[FIRED_AT_KEY] = self._cancelled_at
+        scope[STATUS_KEY] = status
+        scope[STARTED_KEY] = self.started
         log_abort(scope, reason, status, elapsed, self._options.abort_log)
         hook = self._options.on_abort
         if hook is not None:

@@ -299,3 +299,25 @@ def test_upload_with_malformed_content_length_is_a_bad_request(demo_log: Demo) -
     with client:
         status, _ = read_response(client)
     assert status == 400
+
+
+def test_page_names_the_project_and_links_its_readme(demo_log: Demo) -> None:
+    page = demo_log.get("/").text
+    assert '<a href="/about">request-aborted</a>' in page
+    about = demo_log.get("/about")
+    assert about.status_code == 200
+    assert about.headers["content-type"] == "text/plain; charset=utf-8"
+    assert about.text.startswith("# request-aborted\n")
+
+
+def test_page_says_its_live_panel_counts_since_the_server_started(demo_log: Demo) -> None:
+    page = demo_log.get("/").text
+    assert "Live from the server, since it started</h2>" in page
+
+
+def test_favicon_is_the_pages_svg_icon(demo_log: Demo) -> None:
+    icon = demo_log.get("/favicon.ico")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/svg+xml"
+    assert icon.text.startswith("<svg ") and "request-aborted" in icon.text
+    assert '<link rel="icon" href="/favicon.ico"' in demo_log.get("/").text

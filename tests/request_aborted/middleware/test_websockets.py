@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import warnings
 
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.types import Message, Scope
@@ -113,10 +113,6 @@ def test_websocket_disconnect_fires_the_token_with_client_disconnected() -> None
 
 def test_websocket_disconnect_fastapi_test_client_pattern() -> None:
     """FastAPI's docs test a WebSocket endpoint with ``pytest.raises(WebSocketDisconnect)``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TestClient warns when it runs on httpx, not httpx2
-        from fastapi.testclient import TestClient
-
     app = FastAPI()
     app.add_api_websocket_route("/ws", chat)
     app.add_middleware(RequestAbortedMiddleware)
