@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._context import current_request
+from ._order import route_decorator_below
 
 __all__ = ["TimeoutPolicy", "request_timeout", "resolve_policy"]
 
@@ -53,12 +54,20 @@ def request_timeout(timeout: float | str | None) -> Callable[[F], F]:
     """Give an endpoint its own timeout: seconds, a policy name, or ``None`` for no timeout.
 
     Works on Starlette endpoints and FastAPI path operations, ``async def`` and ``def`` alike;
-    put it below the route decorator so the router registers the wrapped function.
+    put it below the route decorator so the router registers the wrapped function (above it,
+    it raises ``TypeError`` when applied, naming the right order).
     """
     if not isinstance(timeout, str | None) and timeout <= 0:
         raise ValueError(f"a request timeout must be positive or None, not {timeout!r}")
 
     def decorate(endpoint: F) -> F:
+        route = route_decorator_below(endpoint, "request_timeout")
+        if route is not None:
+            raise TypeError(
+                f"@request_timeout({timeout!r}) on {endpoint.__qualname__} is above {route}, so the"
+                " route already holds the undecorated function and the timeout would never apply:"
+                f" put @request_timeout({timeout!r}) below {route}, right above the def"
+            )
         if inspect.iscoroutinefunction(endpoint):
 
             @functools.wraps(endpoint)

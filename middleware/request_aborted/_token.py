@@ -368,6 +368,20 @@ class CancellationToken:
         source = self._source
         return f"<CancellationToken {'none' if source is None else _state(source)}>"
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """A token is no data: FastAPI cannot fill a bare ``CancellationToken`` parameter.
+
+        FastAPI asks pydantic for a schema of every parameter it does not recognise, and
+        pydantic's failure surfaces as "Invalid args for response field!". Raised here, when
+        the route is declared, the message says what to write instead.
+        """
+        raise TypeError(
+            "a parameter annotated CancellationToken is not something FastAPI (or pydantic) can"
+            " fill: annotate it RequestAborted (from request_aborted.fastapi import"
+            " RequestAborted), the request's token as a dependency"
+        )
+
 
 CancellationToken.NONE = CancellationToken(None)
 

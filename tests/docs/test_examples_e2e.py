@@ -7,9 +7,12 @@ configuration here, only what uvicorn does by itself. Each example's slow endpoi
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +51,23 @@ def test_readme_example_logs_one_499_line_when_curl_gives_up(
     output = server.log()
     assert output.count(f"{logged} aborted") == 1
     assert "Traceback" not in output
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_pitch_query_stops_when_curl_gives_up(serve: Serve) -> None:
+    """The pitch's promise: the database stops scanning, so the server's core goes idle."""
+    server = serve("pitch:app", extra=["--app-dir", "docs/examples"])
+    subprocess.run(["curl", "--silent", "--max-time", "1", f"{server.base_url}/report"],
+                   capture_output=True, timeout=30)  # fmt: skip
+    server.wait_for_log(r"GET /report aborted after .*\(499\)")
+
+    before = cpu_seconds(server.process.pid)
+    time.sleep(2.0)
+    used = cpu_seconds(server.process.pid) - before
+    assert used < 0.1, f"the server used {used:.2f} s of CPU in the two seconds after the abort"
