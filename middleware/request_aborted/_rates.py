@@ -26,6 +26,8 @@ Closing the connection: on uvicorn (whose ``send`` belongs to an object with an 
 ``transport``) the transport is aborted, which also ends a ``send()`` blocked in backpressure, so
 nothing stays behind; elsewhere the blocked ``send()`` is cancelled and raises
 ``OperationCancelled``, and the server closes the connection when the client reads or leaves.
+Under trio the timer runs and the token fires, but a ``send()`` blocked on the client is left to
+the server (there is no asyncio task to cancel, nor uvicorn transport to abort).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ._exceptions import ClientTooSlow, OperationCancelled
+from ._loop import Handle, Loop, running_loop
 
 if TYPE_CHECKING:
     from starlette.types import Message, Send
@@ -90,6 +93,7 @@ class RateWatch:
         "_server_send",
         "_task",
         "_timer",
+        "_timer_at",
         "_transfer",
         "_wait_started",
         "_waited",
@@ -106,9 +110,10 @@ class RateWatch:
         self._server_send = server_send
         self._send_rate = send_rate
         self._receive_rate = receive_rate
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[object] | None = asyncio.current_task()
-        self._timer: asyncio.TimerHandle | None = None
+        self._loop: Loop | None = None
+        self._task = _current_task()
+        self._timer: Handle | None = None
+        self._timer_at = 0.0
         self._reason: ClientTooSlow | None = None
         # send: how many sends are under way, the deadline of the last one, the task sending,
         # and the size of the last chunk sent (still being flushed, maybe).
@@ -144,7 +149,7 @@ class RateWatch:
         self._last_size = size
         self._deadline = time.monotonic() + max(rate.grace, flushing / rate.bytes_per_second)
         self._blocked += 1
-        self._sender = asyncio.current_task()
+        self._sender = _current_task()
         self._arm(self._deadline)
         try:
             await self._transfer.send(message)
@@ -194,20 +199,15 @@ class RateWatch:
         One timer serves both directions: it is re-armed from its callback while a deadline lies
         ahead, and never cancelled on the fast path (a send that returns at once leaves it be).
         """
-        if self._timer is not None and self._timer.when() <= self._loop_time(when):
-            return
         if self._timer is not None:
+            if self._timer_at <= when:
+                return
             self._timer.cancel()
         loop = self._loop
         if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(self._loop_time(when), self._check)
-
-    def _loop_time(self, when: float) -> float:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop.time() + (when - time.monotonic())
+            loop = self._loop = running_loop()
+        self._timer_at = when
+        self._timer = loop.call_at(loop.time() + (when - time.monotonic()), self._check)
 
     def _check(self) -> None:
         self._timer = None
@@ -273,6 +273,13 @@ def abort_transport(server_send: Send, task: asyncio.Task[object] | None) -> boo
             abort()  # also when closing: a close waiting for a flush that will never come
             return True
     return False
+
+
+def _current_task() -> asyncio.Task[object] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # not asyncio (trio): no task to cancel, no uvicorn to find
+        return None
 
 
 def _task_owner(task: asyncio.Task[object] | None) -> object:
