@@ -31,7 +31,8 @@ UPLOAD = 5 * 1024 * 1024
 HYPERCORN_GRACEFUL_TIMEOUT = 2
 PY = sys.executable
 
-# (id, command); {port} is filled in at start. Every command binds 127.0.0.1 only.
+# (id, command); {port} is filled in at start. Every command binds 127.0.0.1 only. gunicorn runs
+# without its control socket: one fixed path in the home directory for every gunicorn at once.
 MATRIX = {
     "uvicorn-h11": [PY, "-m", "uvicorn", APP, "--host", "127.0.0.1", "--port", "{port}",
                     "--http", "h11", "--lifespan", "on", "--no-access-log"],
@@ -41,7 +42,11 @@ MATRIX = {
                           "--workers", "2", "--lifespan", "on", "--no-access-log"],
     "gunicorn-uvicorn-worker": [PY, "-m", "gunicorn", APP, "--bind", "127.0.0.1:{port}",
                                 "--worker-class", "uvicorn_worker.UvicornWorker",
-                                "--workers", "1", "--graceful-timeout", "10"],
+                                "--workers", "1", "--graceful-timeout", "10",
+                                "--no-control-socket"],
+    "gunicorn-asgi": [PY, "-m", "gunicorn", APP, "--bind", "127.0.0.1:{port}",
+                      "--worker-class", "asgi", "--workers", "1", "--graceful-timeout", "10",
+                      "--no-control-socket"],
     "hypercorn-workers-0": [PY, "-m", "hypercorn", APP, "--bind", "127.0.0.1:{port}",
                             "--workers", "0"],
     "granian-asgi": [PY, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
@@ -132,13 +137,15 @@ def test_sigterm_runs_the_two_phase_shutdown(name: str, tmp_path: Path) -> None:
 
 
 # What a new connection to /readyz meets 0.3 s into a 1.5 s drain_delay: uvicorn (alone, with
-# workers, under gunicorn) gets the signal through Python's signal module, which the lifetime
-# defers; hypercorn (asyncio's handler) and granian (Rust's) take it themselves and close at once.
+# workers, under gunicorn) and gunicorn's asgi worker get the signal through Python's signal
+# module, which the lifetime defers; hypercorn (asyncio's handler) and granian (Rust's) take it
+# themselves and close at once.
 DRAIN_PROBE = {
     "uvicorn-h11": 503,
     "uvicorn-httptools": 503,
     "uvicorn-workers-2": 503,
     "gunicorn-uvicorn-worker": 503,
+    "gunicorn-asgi": 503,
     "hypercorn-workers-0": "ConnectError",
     "granian-asgi": "ConnectError",
 }
