@@ -33,6 +33,8 @@ from contextvars import ContextVar
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._loop import asyncio_only
+
 if TYPE_CHECKING:  # the types are httpcore's; httpcore2's are the same shape
     from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 
@@ -85,7 +87,7 @@ class RequestAbort:
         ``error`` is the httpcore's ``ConnectError``: what an abandoned attempt reports.
         """
         self.check(error)
-        loop = asyncio.get_running_loop()
+        loop = asyncio_only("request_aborted.httpx")
         aborted: asyncio.Future[None] = loop.create_future()
         task = asyncio.ensure_future(attempt())
         self._connecting.add(aborted)

@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
 
 from ._httpx_abort import RequestAbort, current_abort
-from ._loop import call_in_loop
+from ._loop import asyncio_only, call_in_loop
 
 __all__ = ["Exchange"]
 
@@ -53,7 +53,7 @@ class Exchange:
         self._abort = RequestAbort()
         self._context = contextvars.copy_context()
         self._context.run(current_abort.set, self._abort)
-        self._loop = asyncio.get_running_loop()
+        self._loop = asyncio_only("request_aborted.httpx")
         self._fired: asyncio.Future[BaseException] = self._loop.create_future()
         self._registration = token.register(self._on_fire)
 

@@ -137,7 +137,8 @@ class CancellableTransport(_TransportBase):
     async def aclose(self) -> None:
         for task in list(self._background):
             task.cancel()  # the pool is closing: nothing of theirs is worth keeping
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._background:  # none under trio, where gather() would ask for an asyncio loop
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self._inner.aclose()
 
     async def __aenter__(self) -> CancellableTransport:

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from request_aborted import (
+    AbortHook,
     ApplicationLifetime,
     CancellationToken,
     Readiness,
@@ -64,13 +65,18 @@ lifetime = ApplicationLifetime(
     stop_timeout=2,
 )
 
-app = Starlette(
-    routes=[
-        Route("/slow", slow),
-        Route("/upload", upload, methods=["POST"]),
-        Route("/timeout", timeout),
-        Route("/readyz", Readiness()),
-    ],
-    middleware=[Middleware(RequestAbortedMiddleware)],
-    lifespan=lifetime.lifespan(),
-)
+
+def build_app(on_abort: AbortHook | None = None) -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/slow", slow),
+            Route("/upload", upload, methods=["POST"]),
+            Route("/timeout", timeout),
+            Route("/readyz", Readiness()),
+        ],
+        middleware=[Middleware(RequestAbortedMiddleware, on_abort=on_abort)],
+        lifespan=lifetime.lifespan(),
+    )
+
+
+app = build_app()
