@@ -10,6 +10,7 @@ pass, have tests that pin what they do instead.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -232,3 +233,21 @@ def _outcome(call: Callable[[], httpx.Response]) -> int | str:
         return call().status_code
     except httpx.RemoteProtocolError:
         return "no response"
+
+
+@pytest.mark.parametrize("name", ["hypercorn-workers-0", "granian-asgi"])
+def test_an_h2c_client_that_leaves_fires_the_token(name: str, tmp_path: Path) -> None:
+    server = start(name, tmp_path / "server.log")
+    try:
+        curl = subprocess.run(
+            ["curl", "-s", "--http2-prior-knowledge", "--max-time", "1",
+             f"{server.base_url}/slow?seconds=32"],
+            capture_output=True,
+            timeout=10,
+        )  # fmt: skip
+        server.wait_for_log(r"GET /slow aborted after .*ClientDisconnected.*\(499\)", timeout=10)
+    finally:
+        server.stop()
+
+    assert curl.returncode == 28
+    assert re.search(r"started /slow 32 pid=\d+ http/2\b", server.log())  # really HTTP/2
