@@ -126,7 +126,8 @@ def test_client_that_left_is_499_with_its_reason_as_an_event(
     assert event.name == "ClientDisconnected"
     assert event.attributes is not None
     assert 0 <= event.attributes["request_aborted.stop_seconds"] < 1  # the handler honoured it
-    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.05
+    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.04  # asyncio fires timers up to
+    # a clock tick early, and the handler started a little after the vanish was scheduled
     assert event.attributes["request_aborted.response_started"] is False
 
 
