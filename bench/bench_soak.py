@@ -759,7 +759,8 @@ async def _exchange(
     elif phase == "after-headers":
         await asyncio.wait_for(response.read_head(), ABANDON_PATIENCE)
     elif phase == "response":
-        await asyncio.wait_for(response.read_some(int(64 * 1024 * connection.after) + 1), ABANDON_PATIENCE)
+        some = int(64 * 1024 * connection.after) + 1
+        await asyncio.wait_for(response.read_some(some), ABANDON_PATIENCE)
     if phase is not None and not response.complete:
         outcome.vanished = True
         return False
