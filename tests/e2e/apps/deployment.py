@@ -34,7 +34,8 @@ log = logging.getLogger("deployment-app")
 @inject
 async def slow(request: Request, token: CancellationToken) -> PlainTextResponse:
     seconds = float(request.query_params.get("seconds", "30"))
-    log.info("started /slow %g pid=%d", seconds, os.getpid())
+    log.info("started /slow %g pid=%d http/%s", seconds, os.getpid(),
+             request.scope.get("http_version"))  # fmt: skip
     try:
         async with token.scope():
             await asyncio.sleep(seconds)

@@ -126,7 +126,8 @@ def test_client_that_left_is_499_with_its_reason_as_an_event(
     assert event.name == "ClientDisconnected"
     assert event.attributes is not None
     assert 0 <= event.attributes["request_aborted.stop_seconds"] < 1  # the handler honoured it
-    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.05
+    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.04  # asyncio fires timers up to
+    # a clock tick early, and the handler started a little after the vanish was scheduled
     assert event.attributes["request_aborted.response_started"] is False
 
 
@@ -147,7 +148,7 @@ def test_timeout_is_the_504_sent_an_error_status_and_a_request_timed_out_event(
     assert event.attributes is not None
     assert event.attributes["http.response.status_code"] == 504
     assert event.attributes["request_aborted.reason"] == "request timed out after 0.2s"
-    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.2
+    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.19  # a timer may fire early
 
 
 def test_timeout_after_the_headers_keeps_the_status_that_was_sent(
