@@ -31,8 +31,13 @@ __all__ = [
     "wait_until",
 ]
 
-PROMPTLY = 0.25
-"""How soon after the client left the server-side work must have stopped, in seconds."""
+PROMPTLY = 1.0
+"""How soon after the client left the server-side work must have stopped, in seconds.
+
+A functional bound, not a latency claim (those are bench/'s): the work it is set against lasts
+seconds more (the report, the export, PostgreSQL's scan), so the test still fails when nothing
+stops it, and a loaded 2-core machine, where a test process can wait 100s of ms for a core, still
+passes when the token works."""
 
 Event = dict[str, Any]
 

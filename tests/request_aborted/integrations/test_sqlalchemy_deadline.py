@@ -101,27 +101,37 @@ def _late_timer_source(
 def test_server_statement_timeout_surfaces_with_the_tokens_own_reason(
     pg_target: PgTarget,
 ) -> None:
-    """The server's timeout fires first; the token's late timer still names the reason."""
-    timed_out = RequestTimedOut(0.4, policy="reports")
-    source, thread = _late_timer_source(0.4, timed_out, late_until=0.42)
+    """The server's timeout fires first; the token's late timer still names the reason.
 
-    async def main() -> OperationCancelled:
-        engine = pg_target.engine()
+    The token's timer is held up to 90 ms past the deadline, inside the 100 ms the integration
+    waits for it. On a loaded machine PostgreSQL's own timeout can still arrive after that, and
+    then the token's cancel request ended the statement: the case under test did not happen, so
+    it is set up again (at most three times) rather than judged.
+    """
+    for _ in range(3):
+        timed_out = RequestTimedOut(0.4, policy="reports")
+        source, thread = _late_timer_source(0.4, timed_out, late_until=0.49)
+
+        async def main(source: CancellationTokenSource) -> OperationCancelled:
+            engine = pg_target.engine()
+            try:
+                async with AsyncSession(engine) as session:
+                    with pytest.raises(OperationCancelled) as caught:
+                        async with cancellable(session, source.token):
+                            await session.execute(text(SLEEP_FOREVER))
+                return caught.value
+            finally:
+                await engine.dispose()
+
         try:
-            async with AsyncSession(engine) as session:
-                with pytest.raises(OperationCancelled) as caught:
-                    async with cancellable(session, source.token):
-                        await session.execute(text(SLEEP_FOREVER))
-            return caught.value
+            cancelled = run(main(source))
         finally:
-            await engine.dispose()
-
-    try:
-        cancelled = run(main())
-    finally:
-        thread.join()
+            thread.join()
+        if "statement timeout" in str(cancelled.__cause__):
+            break
+    else:
+        pytest.fail(f"PostgreSQL's timeout never came first in three runs: {cancelled.__cause__}")
     assert cancelled.reason is timed_out
-    assert "statement timeout" in str(cancelled.__cause__)
 
 
 def test_server_statement_timeout_without_the_tokens_reason_is_a_deadline_exceeded(

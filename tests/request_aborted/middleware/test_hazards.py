@@ -277,7 +277,9 @@ def test_hazard_06_no_spinning_after_repeated_disconnect() -> None:
     holder.append(exchange)
     asyncio.run(exchange.run())
     assert exchange.disconnect_mode == "repeat"
-    assert exchange.receive_calls == 2  # the body, then one disconnect: then nobody reads
+    # The body, then one disconnect, then nobody reads. On a loaded machine the client can leave
+    # before the pump's first read, which then is the disconnect: one call. Spinning would be many.
+    assert exchange.receive_calls in (1, 2)
     assert exchange.disconnects_delivered == 1
 
 
