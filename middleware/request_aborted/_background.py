@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from ._exceptions import OperationCancelled
+from ._loop import TaskHandle, running_loop, wait_done
 from ._token import CancellationToken, CancellationTokenSource
 
 if TYPE_CHECKING:
@@ -57,12 +58,14 @@ class ServiceRunner:
         self._services = services
         self._stopping = stopping
         self._lifetime = lifetime
-        self._runs: list[tuple[BackgroundService, CancellationTokenSource, asyncio.Task[None]]] = []
+        self._runs: list[tuple[BackgroundService, CancellationTokenSource, TaskHandle]] = []
 
     def start(self) -> None:
+        # An asyncio task, or under trio a system task of the run in its own cancel scope.
+        loop = running_loop()
         for service in self._services:
             source = CancellationTokenSource.linked(self._stopping)
-            task = asyncio.create_task(self._execute(service, source.token), name=service.name)
+            task = loop.create_task(self._execute(service, source.token), name=service.name)
             self._runs.append((service, source, task))
 
     def signal_stop(self) -> None:
@@ -76,15 +79,14 @@ class ServiceRunner:
         runs, self._runs = self._runs, []
         for service, source, task in runs:
             timeout = service.stop_timeout if service.stop_timeout is not None else default_timeout
-            done, _ = await asyncio.wait([task], timeout=timeout)
-            if not done:
+            if not await wait_done(task, timeout):
                 logger.warning(
                     "background service %s ignored its stopping token for %gs; cancelling it",
                     service.name,
                     timeout,
                 )
                 task.cancel()
-                await asyncio.wait([task], timeout=timeout)
+                await wait_done(task, timeout)
             source.close()
 
     async def _execute(self, service: BackgroundService, token: CancellationToken) -> None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from ._edge import is_closed_transport
 from ._exceptions import ClientDisconnected
+from ._loop import Loop, TaskHandle, Waiter, is_cancellation
 from ._token import CancellationTokenSource
 from ._watchlist import Watchlist
 
@@ -80,7 +81,7 @@ class RequestChannel(CancellationTokenSource):
         "started",
     )
 
-    _loop: asyncio.AbstractEventLoop  # always set here, unlike on a plain source
+    _loop: Loop  # always set here, unlike on a plain source
     # What an interruptible read answers once the token fired (a subclass for WebSockets says
     # "websocket.disconnect"): a class attribute, so HTTP requests pay nothing for it.
     given_up: ClassVar[Message] = _GIVEN_UP
@@ -89,7 +90,7 @@ class RequestChannel(CancellationTokenSource):
         self,
         receive: Receive,
         send: Send,
-        running: tuple[int, asyncio.AbstractEventLoop, Watchlist | None],
+        running: tuple[int, Loop, Watchlist | None],
         lock: threading.Lock,
         options: ChannelOptions,
     ) -> None:
@@ -123,10 +124,10 @@ class RequestChannel(CancellationTokenSource):
         self._buffered = 0
         self._body_done = False
         self._reading = False  # a server receive() is outstanding, on behalf of the app
-        self._pump: asyncio.Task[None] | None = None
+        self._pump: TaskHandle | None = None
         self._pump_error: BaseException | None = None
-        self._pump_wakeup: asyncio.Future[None] | None = None
-        self._waiters: list[asyncio.Future[None]] | None = None
+        self._pump_wakeup: Waiter[None] | None = None
+        self._waiters: list[Waiter[None]] | None = None
 
     # -- receive ---------------------------------------------------------------------------
 
@@ -265,6 +266,8 @@ class RequestChannel(CancellationTokenSource):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # deliberate: raised from the app's next receive()
+            if is_cancellation(exc):  # trio's Cancelled: close() cancelled the pump
+                raise
             self._pump_error = exc
             self._wake_waiters()
 

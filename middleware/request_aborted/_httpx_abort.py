@@ -14,6 +14,9 @@ request), and an abort shuts that socket down - the pending read or write return
 httpcore's error path closes and releases the connection. A connect in progress is abandoned
 (the connect attempt is ours to cancel, not httpcore's) and reported as ``ConnectError``; any
 later network operation of an aborted request fails before it touches the wire.
+
+The same code serves httpcore and httpcore2 (httpx2's): the classes below duck-type httpcore's
+network interfaces, and raise the errors of whichever httpcore opened the stream (``core``).
 """
 
 # httpcore's network interfaces take ``timeout`` arguments; this module implements them.
@@ -27,9 +30,13 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpcore
+from ._loop import asyncio_only
+
+if TYPE_CHECKING:  # the types are httpcore's; httpcore2's are the same shape
+    from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 
 __all__ = ["AbortableBackend", "RequestAbort", "current_abort"]
 
@@ -74,10 +81,13 @@ class RequestAbort:
             self.in_io -= 1
             self._streams.discard(stream)
 
-    async def connect(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Race a connect attempt with the abort; an abandoned attempt is cancelled (it is ours)."""
-        self.check(httpcore.ConnectError)
-        loop = asyncio.get_running_loop()
+    async def connect(self, attempt: Callable[[], Awaitable[T]], error: type[Exception]) -> T:
+        """Race a connect attempt with the abort; an abandoned attempt is cancelled (it is ours).
+
+        ``error`` is the httpcore's ``ConnectError``: what an abandoned attempt reports.
+        """
+        self.check(error)
+        loop = asyncio_only("request_aborted.httpx")
         aborted: asyncio.Future[None] = loop.create_future()
         task = asyncio.ensure_future(attempt())
         self._connecting.add(aborted)
@@ -95,15 +105,16 @@ class RequestAbort:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            raise httpcore.ConnectError("request aborted while connecting")
+            raise error("request aborted while connecting")
         return task.result()
 
 
-class AbortableStream(httpcore.AsyncNetworkStream):
+class AbortableStream:
     """Passes everything through; lets the request's abort shut the socket down under a read."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+    def __init__(self, inner: AsyncNetworkStream, core: ModuleType) -> None:
         self._inner = inner
+        self._core = core
 
     def shut_down(self) -> None:
         ssl_object = self._inner.get_extra_info("ssl_object")
@@ -117,7 +128,7 @@ class AbortableStream(httpcore.AsyncNetworkStream):
         abort = current_abort.get()
         if abort is None:
             return await self._inner.read(max_bytes, timeout)
-        abort.check(httpcore.ReadError)
+        abort.check(self._core.ReadError)
         with abort.io(self):
             return await self._inner.read(max_bytes, timeout)
 
@@ -125,7 +136,7 @@ class AbortableStream(httpcore.AsyncNetworkStream):
         abort = current_abort.get()
         if abort is None:
             return await self._inner.write(buffer, timeout)
-        abort.check(httpcore.WriteError)
+        abort.check(self._core.WriteError)
         with abort.io(self):
             return await self._inner.write(buffer, timeout)
 
@@ -137,15 +148,15 @@ class AbortableStream(httpcore.AsyncNetworkStream):
         ssl_context: Any,
         server_hostname: str | None = None,
         timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    ) -> AbortableStream:
         abort = current_abort.get()
         if abort is None:
             tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-            return AbortableStream(tls)
-        abort.check(httpcore.ConnectError)
+            return AbortableStream(tls, self._core)
+        abort.check(self._core.ConnectError)
         with abort.io(self):
             tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        return AbortableStream(tls)
+        return AbortableStream(tls, self._core)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -166,11 +177,12 @@ def _shut_down(sock: Any) -> None:
                 dup.shutdown(socket.SHUT_RDWR)
 
 
-class AbortableBackend(httpcore.AsyncNetworkBackend):
+class AbortableBackend:
     """Wraps httpcore's network backend so every stream it opens is an ``AbortableStream``."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+    def __init__(self, inner: AsyncNetworkBackend, core: ModuleType) -> None:
         self.inner = inner
+        self.core = core
 
     async def connect_tcp(
         self,
@@ -179,26 +191,30 @@ class AbortableBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        def attempt() -> Awaitable[httpcore.AsyncNetworkStream]:
+    ) -> AbortableStream:
+        def attempt() -> Awaitable[AsyncNetworkStream]:
             return self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
 
         abort = current_abort.get()
-        stream = await (attempt() if abort is None else abort.connect(attempt))
-        return AbortableStream(stream)
+        stream = await (
+            attempt() if abort is None else abort.connect(attempt, self.core.ConnectError)
+        )
+        return AbortableStream(stream, self.core)
 
     async def connect_unix_socket(
         self,
         path: str,
         timeout: float | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        def attempt() -> Awaitable[httpcore.AsyncNetworkStream]:
+    ) -> AbortableStream:
+        def attempt() -> Awaitable[AsyncNetworkStream]:
             return self.inner.connect_unix_socket(path, timeout, socket_options)
 
         abort = current_abort.get()
-        stream = await (attempt() if abort is None else abort.connect(attempt))
-        return AbortableStream(stream)
+        stream = await (
+            attempt() if abort is None else abort.connect(attempt, self.core.ConnectError)
+        )
+        return AbortableStream(stream, self.core)
 
     async def sleep(self, seconds: float) -> None:
         await self.inner.sleep(seconds)
@@ -221,8 +237,10 @@ def leave_queue(transport: object, extensions: dict[str, Any]) -> None:
                 event.set()
 
 
-def install_backend(transport: object) -> bool:
+def install_backend(transport: object, core: ModuleType) -> bool:
     """Put an ``AbortableBackend`` under an ``httpx.AsyncHTTPTransport``'s pool, once.
+
+    ``core`` is the transport's httpcore (httpcore, or httpcore2 under httpx2).
 
     httpx does not let callers choose httpcore's network backend, so this reaches into the
     transport's ``_pool``; transports of any other shape are left alone (``False``).
@@ -232,5 +250,5 @@ def install_backend(transport: object) -> bool:
     if pool is None or backend is None:
         return False
     if not isinstance(backend, AbortableBackend):
-        pool._network_backend = AbortableBackend(backend)
+        pool._network_backend = AbortableBackend(backend, core)
     return True

@@ -20,15 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
-
-import httpx
 
 from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
 
 from ._httpx_abort import RequestAbort, current_abort
-from ._loop import call_in_loop
+from ._loop import asyncio_only, call_in_loop
 
 __all__ = ["Exchange"]
 
@@ -46,14 +44,16 @@ class Exchange:
         token: CancellationToken,
         background: set[asyncio.Task[Any]],
         on_abort: Callable[[], None] | None,
+        timeout_error: type[Exception],
     ) -> None:
         self._token = token
+        self._timeout_error = timeout_error  # the httpx in use: httpx's or httpx2's
         self._on_abort = on_abort
         self._background = background
         self._abort = RequestAbort()
         self._context = contextvars.copy_context()
         self._context.run(current_abort.set, self._abort)
-        self._loop = asyncio.get_running_loop()
+        self._loop = asyncio_only("request_aborted.httpx")
         self._fired: asyncio.Future[BaseException] = self._loop.create_future()
         self._registration = token.register(self._on_fire)
 
@@ -91,7 +91,7 @@ class Exchange:
         with contextlib.suppress(Exception):  # closing a broken response may fail; nothing to do
             await asyncio.shield(task)
 
-    async def iterate(self, stream: httpx.AsyncByteStream) -> AsyncIterator[bytes]:
+    async def iterate(self, stream: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         """The response body, one guarded step per chunk; closed through ``cleanup``."""
         iterator = stream.__aiter__()
         while True:
@@ -103,7 +103,7 @@ class Exchange:
 
     async def _translate(self, error: BaseException) -> BaseException:
         reason = self._token.reason
-        if reason is None and isinstance(error, httpx.TimeoutException):
+        if reason is None and isinstance(error, self._timeout_error):
             reason = await self._deadline_reason()
         if reason is None:
             return error

@@ -25,7 +25,6 @@ the application's own lifespan exits (engines disposed after the last request en
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import logging
@@ -40,6 +39,7 @@ from typing import Any, Final
 from ._background import BackgroundService, ServiceRunner
 from ._context import LIFETIME_KEY
 from ._exceptions import ServerShuttingDown
+from ._loop import Handle, Loop, is_current, running_loop
 from ._token import CancellationToken, CancellationTokenSource
 
 __all__ = ["LIFETIME_KEY", "ApplicationLifetime", "Lifespan"]
@@ -106,10 +106,10 @@ class ApplicationLifetime:
         self._stopped = CancellationTokenSource()
         self._services: list[BackgroundService] = list(self._registered)
         self._runner: ServiceRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Loop | None = None
         self._drained = False
         self._signalled = False
-        self._deferred: asyncio.TimerHandle | None = None
+        self._deferred: Handle | None = None
 
     @property
     def started(self) -> CancellationToken:
@@ -161,7 +161,7 @@ class ApplicationLifetime:
     def begin_shutdown(self) -> None:
         """Phase 1 now, phase 2 after the grace period; a second call starts phase 2 at once."""
         loop = self._loop
-        if loop is not None and asyncio._get_running_loop() is not loop:
+        if loop is not None and not is_current(loop):
             loop.call_soon_threadsafe(self.begin_shutdown)
             return
         if self._phase in (_Phase.STOPPING, _Phase.DRAINING, _Phase.STOPPED):
@@ -201,7 +201,7 @@ class ApplicationLifetime:
                 " server) after this one stopped, or give each its own ApplicationLifetime"
             )
         self._phase = _Phase.STARTING
-        self._loop = asyncio.get_running_loop()
+        self._loop = running_loop()  # asyncio's, or trio's (hypercorn -k trio runs a lifespan)
         self._install_signal_hooks()
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -276,7 +276,8 @@ class ApplicationLifetime:
         self._chain(signum, frame)
 
     def _chain_later(self, signum: int) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop  # this runs on it, asyncio's or trio's
+        assert loop is not None
         self._deferred = loop.call_later(self.drain_delay, self._chain, signum, None)
 
     def _chain(self, signum: int, frame: FrameType | None) -> None:

@@ -10,7 +10,6 @@ owns ``receive`` and its token is bound before routing and exception handlers ru
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from ._exceptions import (
     describe,
 )
 from ._log import AbortLog
+from ._loop import Loop, running_loop
 from ._scope import TokenScope
 from ._timeouts import TimeoutPolicy, resolve_policy
 from ._token import CancellationToken, CancellationTokenSource, Registration
@@ -119,22 +119,23 @@ class RequestAbortedMiddleware:
         self.watch_delay = watch_delay
         self.lock = threading.Lock()  # shared by this middleware's request sources
         self.abort_log = AbortLog(logger)  # the abort line, visible without logging set up
-        self._running: tuple[int, asyncio.AbstractEventLoop, Watchlist | None] | None = None
+        self._running: tuple[int, Loop, Watchlist | None] | None = None
 
-    def running(self) -> tuple[int, asyncio.AbstractEventLoop, Watchlist | None]:
+    def running(self) -> tuple[int, Loop, Watchlist | None]:
         """This thread, its running loop and the loop's watchlist, found cheaply.
 
         On CPython 3.11 ``get_running_loop()`` makes a ``getpid()`` system call every time
         (3.12 dropped it), measured here at a fifth of this middleware's per-request cost. A loop
         found running in this thread before is the running loop while it still runs: two loops
         cannot run in one thread at once. (Moving a loop to another thread while this thread
-        runs a new one would defeat it; asyncio allows that, nobody does it.)
+        runs a new one would defeat it; asyncio allows that, nobody does it.) Under trio the
+        loop is the run's ``TrioLoop``, found the same way once per run (``_loop``).
         """
         thread = threading.get_ident()
         cached = self._running
         if cached is not None and cached[0] == thread and cached[1].is_running():
             return cached
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         watchlist = Watchlist(loop, self.watch_delay) if self.watch_delay > 0 else None
         cached = self._running = (thread, loop, watchlist)
         return cached

@@ -10,6 +10,10 @@ The task is always cancelled from a loop callback, never from inside the task it
 by the block's own code then interrupts the *next* await rather than leaving a stale pending
 cancellation behind if the block ends first. Tokens fired from other threads reach the loop through
 ``call_soon_threadsafe``.
+
+Under trio there is no ``Task.cancel()``: the scope enters a ``trio.CancelScope`` of its own around
+the block and cancels that, and on exit converts only what that cancel scope caught. An outer
+cancel scope's cancellation is the outer scope's business and passes through, as under asyncio.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from ._exceptions import OperationCancelled
-from ._loop import call_in_loop
+from ._loop import Handle, Loop, call_in_loop, current_task, running_loop
 from ._registration import Registration
 
 if TYPE_CHECKING:
+    import trio
+
     from ._token import CancellationToken, CancellationTokenSource
 
 __all__ = ["CriticalSection", "TokenScope"]
@@ -64,6 +70,7 @@ class TokenScope(Registration):
         "_state",
         "_task",
         "_token",
+        "_trio_scope",
     )
 
     def __init__(self, token: CancellationToken, *, delay: float | None = None) -> None:
@@ -72,10 +79,11 @@ class TokenScope(Registration):
         self._token = token
         self._delay = delay
         self._state = _State.CREATED
-        self._task: asyncio.Task[object] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: object = None  # the asyncio task, or the trio task
+        self._trio_scope: trio.CancelScope | None = None  # under trio: what the scope cancels
+        self._loop: Loop | None = None
         self._cancelling = 0
-        self._handle: asyncio.Handle | None = None
+        self._handle: Handle | None = None
         self._reason: BaseException | None = None
         self._outer: TokenScope | None = None
         self._context: Token[TokenScope | None] | None = None
@@ -96,15 +104,20 @@ class TokenScope(Registration):
         if source is not None and source._thread == threading.get_ident():
             # A request's token, on the request's own thread: its loop is the running one, and
             # asking for its current task skips the getpid() that asyncio.current_task() makes
-            # on CPython 3.11. (None if the loop was replaced since: then ask asyncio.)
-            task = asyncio.current_task(source._loop)
+            # on CPython 3.11. (None if the loop was replaced since, or is a trio run's stand-in,
+            # which asyncio simply does not find: then ask asyncio, and trio.)
+            task = asyncio.current_task(source._loop)  # type: ignore[arg-type]
         if task is None:
-            task = asyncio.current_task()
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:  # no asyncio loop: trio's, or none at all
+                task = None
             if task is None:
-                raise RuntimeError("token.scope() must be used inside an asyncio task")
-        self._task = task
-        self._loop = task.get_loop()
-        self._cancelling = task.cancelling()
+                self._enter_trio()
+        if task is not None:
+            self._task = task
+            self._loop = task.get_loop()
+            self._cancelling = task.cancelling()
         self._state = _State.ENTERED
         if source is None:
             return self
@@ -120,8 +133,22 @@ class TokenScope(Registration):
         if reason is not None:  # the token has already fired: do not even start
             self._state = _State.EXITED
             self._release()
+            trio_scope = self._trio_scope
+            if trio_scope is not None:
+                trio_scope.__exit__(None, None, None)
             raise OperationCancelled(reason)
         return self
+
+    def _enter_trio(self) -> None:
+        task = current_task()
+        if task is None:
+            raise RuntimeError("token.scope() must be used inside an asyncio or trio task")
+        import trio
+
+        self._task = task
+        self._loop = running_loop()
+        trio_scope = self._trio_scope = trio.CancelScope()
+        trio_scope.__enter__()
 
     async def __aexit__(
         self,
@@ -132,9 +159,17 @@ class TokenScope(Registration):
         state = self._state
         self._state = _State.EXITED
         self._release()
+        trio_scope = self._trio_scope
+        if trio_scope is not None:
+            # Exits the cancel scope first: it swallows the Cancelled it caught (its own only).
+            if trio_scope.__exit__(exc_type, exc, tb) and state is _State.CANCELLING:
+                assert self._reason is not None
+                self._caught = True
+                raise OperationCancelled(self._reason) from exc
+            return
         if state is not _State.CANCELLING:
             return
-        assert self._task is not None and self._reason is not None
+        assert isinstance(self._task, asyncio.Task) and self._reason is not None
         if (
             self._task.uncancel() <= self._cancelling
             and exc_type is not None
@@ -181,7 +216,11 @@ class TokenScope(Registration):
             self._pending = True
             return
         self._state = _State.CANCELLING
-        assert self._task is not None
+        trio_scope = self._trio_scope
+        if trio_scope is not None:
+            trio_scope.cancel()
+            return
+        assert isinstance(self._task, asyncio.Task)
         self._task.cancel()
 
     def _shield(self) -> None:
@@ -215,7 +254,7 @@ class CriticalSection:
     async def __aenter__(self) -> CancellationToken:
         from ._token import CancellationToken, CancellationTokenSource
 
-        task = asyncio.current_task()
+        task = current_task()
         scope = _innermost.get()
         while scope is not None:
             if scope._task is task and scope._state is _State.ENTERED:
@@ -224,7 +263,7 @@ class CriticalSection:
             scope = scope._outer
         if self._grace is None or self._token._source is None:
             return CancellationToken.NONE
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         grace = self._grace
         inner = self._grace_source = CancellationTokenSource()
         inner.register(lambda _: loop.call_soon_threadsafe(self._lift))

@@ -19,7 +19,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from request_aborted import CancellationToken, Registration
 
-from ._loop import call_in_loop
+from ._loop import asyncio_only, call_in_loop
 from ._sqlalchemy_drivers import Interrupter, interrupter_for
 from ._sqlalchemy_pgcancel import side_canceller
 
@@ -115,7 +115,7 @@ class Guard:
             return
         self.detach()
         self.binding = binding
-        self.loop = asyncio.get_running_loop()
+        self.loop = asyncio_only("request_aborted.sqlalchemy")
         binding.guards.add(self)
         self.registration = binding.token.register(self._on_fire)
 

@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 
+from ._loop import asyncio_only
+
 __all__ = ["SideCanceller", "close_side_canceller", "refuse_side_connection", "side_canceller"]
 
 logger = logging.getLogger("request_aborted.sqlalchemy")
@@ -258,7 +260,7 @@ def side_canceller(engine: Engine) -> SideCanceller | None:
     """The side canceller of an asyncpg or psycopg engine on the running loop (made on demand)."""
     if engine.dialect.driver not in _DRIVERS or engine in _refused:
         return None
-    loop = asyncio.get_running_loop()
+    loop = asyncio_only("request_aborted.sqlalchemy")
     canceller = _cancellers.get(engine)
     if canceller is None or canceller._loop is not loop:
         canceller = _cancellers[engine] = SideCanceller(engine, loop)

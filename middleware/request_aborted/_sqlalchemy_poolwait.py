@@ -38,7 +38,7 @@ from sqlalchemy.util.queue import Empty
 
 from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
 
-from ._loop import call_in_loop
+from ._loop import asyncio_only, call_in_loop
 from ._sqlalchemy_guard import await_in_greenlet, finish
 
 __all__ = ["CancellableQueue", "make_waits_cancellable"]
@@ -69,7 +69,7 @@ class CancellableQueue:
         return await_in_greenlet(self._wait(token, pool_timeout=timeout))
 
     async def _wait(self, token: CancellationToken, *, pool_timeout: float | None) -> Any:
-        loop = asyncio.get_running_loop()
+        loop = asyncio_only("request_aborted.sqlalchemy")
         fired: asyncio.Future[BaseException] = loop.create_future()
 
         def on_fire(reason: BaseException) -> None:

@@ -16,7 +16,6 @@ own instance is a reference cycle, and cycles are what the cyclic GC has to find
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
@@ -25,7 +24,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from ._exceptions import CancellationRequested, DeadlineExceeded, OperationCancelled, describe
-from ._loop import call_in_loop
+from ._loop import Handle, Loop, Waiter, call_in_loop, running_loop, running_loop_or_none
 from ._registration import Callback, Registration
 from ._scope import CriticalSection, TokenScope
 
@@ -65,11 +64,11 @@ class CancellationTokenSource:
         self._unobserved = False  # True while _observed() is still to be called
         # The loop, and the thread running it, when the source belongs to one (a request's):
         # scopes then find their task without asking asyncio (see TokenScope.__aenter__).
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Loop | None = None
         self._thread: int | None = None
         self._own_deadline: float | None = None
         self._parents: tuple[tuple[CancellationTokenSource, Registration], ...] = ()
-        self._timer: asyncio.TimerHandle | threading.Timer | None = None
+        self._timer: Handle | threading.Timer | None = None
         self._token: weakref.ref[CancellationToken] | None = None
         if timeout is not None:
             self.cancel_after(timeout)
@@ -178,7 +177,8 @@ class CancellationTokenSource:
         """(Re)arm the timer to fire in ``seconds``; ``None`` disarms it.
 
         The reason defaults to ``DeadlineExceeded(seconds)``. With a running event loop the timer
-        lives on the loop (call this from the loop's thread); without one, on a timer thread.
+        lives on the loop, asyncio's or trio's (call this from the loop's thread); without one, on
+        a timer thread.
         """
         if self._reason is not None:
             return
@@ -192,9 +192,10 @@ class CancellationTokenSource:
         if seconds <= 0:
             self.cancel(reason)
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = self._loop  # a request's, when on the request's thread: no need to ask
+        if loop is None or self._thread != threading.get_ident():
+            loop = running_loop_or_none()
+        if loop is None:
             timer = threading.Timer(seconds, self.cancel, (reason,))
             timer.daemon = True
             self._timer = timer
@@ -339,8 +340,8 @@ class CancellationToken:
 
     async def wait(self) -> BaseException:
         """Wait until the token fires and return the reason (forever for ``NONE``)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[BaseException] = loop.create_future()
+        loop = running_loop()
+        waiter: Waiter[BaseException] = loop.create_future()
         with self.register(lambda reason: _resolve_soon(loop, waiter, reason)):
             return await waiter
 
@@ -396,12 +397,12 @@ def _state(source: CancellationTokenSource) -> str:
     return f"[active] remaining={max(0.0, deadline - time.monotonic()):.3f}s"
 
 
-def _resolve_soon(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], value: Any) -> None:
+def _resolve_soon(loop: Loop, waiter: Waiter[Any], value: Any) -> None:
     """Complete ``waiter`` on its own loop, whichever thread fired the token."""
     with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting any more
         call_in_loop(loop, _set_result_unless_done, waiter, value)
 
 
-def _set_result_unless_done(waiter: asyncio.Future[Any], value: Any) -> None:
+def _set_result_unless_done(waiter: Waiter[Any], value: Any) -> None:
     if not waiter.done():
         waiter.set_result(value)

@@ -10,9 +10,10 @@ one timer, armed for the oldest, serves the whole list.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from typing import Protocol
+
+from ._loop import Handle, Loop
 
 __all__ = ["Watchlist"]
 
@@ -34,11 +35,11 @@ class Watchlist:
 
     __slots__ = ("_delay", "_handle", "_loop", "_waiting")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+    def __init__(self, loop: Loop, delay: float) -> None:
         self._loop = loop
         self._delay = delay
         self._waiting: deque[Watched] = deque()
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: Handle | None = None
 
     def __len__(self) -> int:
         return len(self._waiting)

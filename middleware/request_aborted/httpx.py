@@ -1,4 +1,4 @@
-"""Outbound HTTP calls that stop when the request's token fires (extra ``[httpx]``).
+"""Outbound HTTP calls that stop when the request's token fires (extra ``[httpx2]`` or ``[httpx]``).
 
 ::
 
@@ -28,9 +28,14 @@ absent, from ``current_token()`` - the request being handled, if any. With a tok
   socket instead, an error path httpcore cleans up properly, and it does the same when the *caller*
   is cancelled (``asyncio.timeout``, a task group), so those cannot leak slots either.
 
-``CancellableTransport(inner)`` wraps any ``httpx.AsyncBaseTransport``. For httpx's own
-``AsyncHTTPTransport`` it installs a network-backend wrapper in the transport's httpcore pool to
-abort sockets (reaching into ``_pool``, as httpx offers no public hook); other transports (mock,
+**httpx or httpx2**: the same code drives either (httpx2 is the maintained fork, same API). The
+package is ``module=httpx2`` / ``module=httpx`` if given, else the one the objects you pass come
+from (``transport``, ``limits``, ``timeout``...), else httpx2 when it is installed, else httpx -
+Starlette 1.10's own preference. Type hints are written against httpx; httpx2's are the same shape.
+
+``CancellableTransport(inner)`` wraps any ``httpx.AsyncBaseTransport`` (or httpx2's). For httpx's
+own ``AsyncHTTPTransport`` it installs a network-backend wrapper in the transport's httpcore pool
+to abort sockets (reaching into ``_pool``, as httpx offers no public hook); other transports (mock,
 ASGI) are stopped by cancelling the task that drives them. Limitation: on an HTTP/2 connection the
 socket is shared, so an aborted request is only abandoned, not cut off; it ends by its timeout.
 """
@@ -38,10 +43,9 @@ socket is shared, so an aborted request is only abandoned, not cut off; it ends 
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
-from typing import Any, Final
-
-import httpx
+import functools
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from request_aborted import (
     DEFAULT_DEADLINE_HEADER,
@@ -52,6 +56,13 @@ from request_aborted import (
 
 from ._httpx_abort import install_backend, leave_queue
 from ._httpx_exchange import Exchange
+from ._httpx_flavour import Flavour, flavour_of
+
+if TYPE_CHECKING:
+    import httpx
+    from httpx import AsyncBaseTransport as _TransportBase
+else:
+    _TransportBase = object  # duck-typed: serves httpx's clients and httpx2's alike
 
 __all__ = ["TOKEN_EXTENSION", "CancellableTransport", "cancellable_client"]
 
@@ -59,21 +70,28 @@ TOKEN_EXTENSION: Final = "token"
 """``request.extensions`` key for the token: ``client.get(url, extensions={"token": token})``."""
 
 _TIMEOUT_KEYS: Final = ("connect", "read", "write", "pool")
-DEFAULT_LIMITS: Final = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's
+_DEFAULT_LIMITS: Final = {"max_connections": 100, "max_keepalive_connections": 20}  # httpx's
 
 
-class CancellableTransport(httpx.AsyncBaseTransport):
-    """Wraps ``transport`` so a cancellation token can stop its requests; see the module doc."""
+class CancellableTransport(_TransportBase):
+    """Wraps ``transport`` so a cancellation token can stop its requests; see the module doc.
+
+    ``module`` (``httpx`` or ``httpx2``) is only needed without a ``transport``, to choose which
+    package's ``AsyncHTTPTransport`` to create.
+    """
 
     def __init__(
         self,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         deadline_header: DeadlineHeader | str | None = DEFAULT_DEADLINE_HEADER,
+        module: ModuleType | None = None,
     ) -> None:
-        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._flavour = flavour_of(transport, module=module)
+        inner = transport if transport is not None else self._flavour.httpx.AsyncHTTPTransport()
+        self._inner: httpx.AsyncBaseTransport = inner
         self._header = None if deadline_header is None else DeadlineHeader.of(deadline_header)
-        self._socket_abort = install_backend(self._inner)
+        self._socket_abort = install_backend(self._inner, self._flavour.httpcore)
         self._background: set[asyncio.Task[Any]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -89,17 +107,18 @@ class CancellableTransport(httpx.AsyncBaseTransport):
             def on_abort() -> None:
                 leave_queue(self._inner, extensions)
 
-        exchange = Exchange(token, self._background, on_abort)
+        timeout_error = self._flavour.httpx.TimeoutException
+        exchange = Exchange(token, self._background, on_abort, timeout_error)
         try:
             response = await exchange.step(lambda: self._inner.handle_async_request(request))
         except BaseException:
             exchange.close()
             raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(
+        stream_class = _stream_class(self._flavour.httpx.AsyncByteStream)
+        return type(response)(
             status_code=response.status_code,
             headers=response.headers,
-            stream=_CancellableStream(exchange, response.stream),
+            stream=cast("httpx.AsyncByteStream", stream_class(exchange, response.stream)),
             extensions=response.extensions,
         )
 
@@ -118,7 +137,8 @@ class CancellableTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for task in list(self._background):
             task.cancel()  # the pool is closing: nothing of theirs is worth keeping
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._background:  # none under trio, where gather() would ask for an asyncio loop
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self._inner.aclose()
 
     async def __aenter__(self) -> CancellableTransport:
@@ -134,10 +154,13 @@ class CancellableTransport(httpx.AsyncBaseTransport):
         await self.aclose()
 
 
-class _CancellableStream(httpx.AsyncByteStream):
-    """The response body: each read is a guarded step, and closing releases the token."""
+class _CancellableStream:
+    """The response body: each read is a guarded step, and closing releases the token.
 
-    def __init__(self, exchange: Exchange, inner: httpx.AsyncByteStream) -> None:
+    Used through ``_stream_class``: a response accepts only its own package's byte streams.
+    """
+
+    def __init__(self, exchange: Exchange, inner: Any) -> None:
         self._exchange = exchange
         self._inner = inner
         self._closed = False
@@ -160,6 +183,12 @@ class _CancellableStream(httpx.AsyncByteStream):
             self._exchange.close()
 
 
+@functools.cache
+def _stream_class(base: type) -> type[_CancellableStream]:
+    """``_CancellableStream`` as a subclass of ``base``, httpx's or httpx2's ``AsyncByteStream``."""
+    return cast(type[_CancellableStream], type("CancellableStream", (_CancellableStream, base), {}))
+
+
 def _token_for(request: httpx.Request) -> CancellationToken | None:
     token = request.extensions.get(TOKEN_EXTENSION)
     if token is None:
@@ -179,19 +208,45 @@ def cancellable_client(
     *,
     deadline_header: DeadlineHeader | str | None = DEFAULT_DEADLINE_HEADER,
     transport: httpx.AsyncBaseTransport | None = None,
-    limits: httpx.Limits = DEFAULT_LIMITS,
+    limits: httpx.Limits | None = None,
     http2: bool = False,
     verify: Any = True,
     trust_env: bool = True,
+    module: ModuleType | None = None,
     **client_options: Any,
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` whose requests stop when their token fires.
+    """An ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) whose requests stop when their token
+    fires.
 
-    Takes ``httpx.AsyncClient``'s options; ``limits``, ``http2`` and ``verify`` configure the
-    default transport (pass ``transport=`` to wrap your own instead).
+    Takes ``AsyncClient``'s options; ``limits`` (default: httpx's 100 connections, 20 kept
+    alive), ``http2`` and ``verify`` configure the default transport (pass ``transport=`` to wrap
+    your own instead). The package is ``module`` (``httpx`` or ``httpx2``) if given, else the one
+    your ``transport``, ``limits`` or ``timeout`` come from, else httpx2 if installed, else httpx.
     """
-    inner = transport or httpx.AsyncHTTPTransport(
+    flavour = flavour_of(transport, limits, *client_options.values(), module=module)
+    return _client(
+        flavour, deadline_header, transport, limits, http2, verify, trust_env, client_options
+    )
+
+
+def _client(
+    flavour: Flavour,
+    deadline_header: DeadlineHeader | str | None,
+    transport: httpx.AsyncBaseTransport | None,
+    limits: httpx.Limits | None,
+    http2: bool,
+    verify: Any,
+    trust_env: bool,
+    client_options: dict[str, Any],
+) -> httpx.AsyncClient:
+    package = flavour.httpx
+    if limits is None:
+        limits = package.Limits(**_DEFAULT_LIMITS)
+    inner = transport or package.AsyncHTTPTransport(
         verify=verify, trust_env=trust_env, limits=limits, http2=http2
     )
-    wrapped = CancellableTransport(inner, deadline_header=deadline_header)
-    return httpx.AsyncClient(transport=wrapped, trust_env=trust_env, **client_options)
+    wrapped = CancellableTransport(inner, deadline_header=deadline_header, module=package)
+    client: httpx.AsyncClient = package.AsyncClient(
+        transport=wrapped, trust_env=trust_env, **client_options
+    )
+    return client

@@ -78,6 +78,7 @@ from request_aborted import (
     OperationCancelled,
 )
 
+from ._loop import asyncio_only
 from ._sqlalchemy_guard import finish
 from ._sqlalchemy_hooks import Binding, bound, install
 from ._sqlalchemy_pgcancel import refuse_side_connection
@@ -129,6 +130,7 @@ class Cancellable(Generic[DB]):
     async def __aenter__(self) -> DB:
         if self._binding is not None:
             raise RuntimeError("a cancellable block can be entered only once")
+        asyncio_only("request_aborted.sqlalchemy")  # its drivers are asyncio's: say so under trio
         self._token.raise_if_cancellation_requested()
         engine = _engine_of(self._db)
         if engine is not None:

@@ -69,7 +69,7 @@ def test_without_drain_delay_uvicorn_stops_accepting_at_the_signal(serve: Serve)
         try:
             httpx.get(f"{url}/readyz", timeout=5)
             time.sleep(0.05)
-        except httpx.ConnectError:
+        except httpx.TransportError:  # refused, or reset while still in the closed backlog
             refused = True
     response = in_flight()
 

@@ -2,12 +2,16 @@
 
 PostgreSQL itself comes from ``tests/_fixtures`` (``postgres``, ``postgres_db``, ``pgbouncer``).
 ``pg_target`` runs a test four times: asyncpg and psycopg, each straight to PostgreSQL and through
-PgBouncer in transaction pooling mode.
+PgBouncer in transaction pooling mode. ``hx`` runs an httpx test twice: with httpx and with
+httpx2 (the maintained fork, same API), the two packages ``request_aborted.httpx`` serves.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 
@@ -33,3 +37,18 @@ def pg_target(request: pytest.FixtureRequest, postgres_db: PostgresDatabase) -> 
     driver, _, via = str(request.param).partition("-")
     bouncer: PgBouncer | None = request.getfixturevalue("pgbouncer") if via else None
     return PgTarget(driver, postgres_db, bouncer)
+
+
+HTTPX_MODULES = ["httpx", "httpx2"]
+
+
+@pytest.fixture(params=HTTPX_MODULES)
+def hx(request: pytest.FixtureRequest) -> ModuleType:
+    """httpx, then httpx2: both are dev dependencies, so a missing one fails under ``CI=true``."""
+    name = str(request.param)
+    if importlib.util.find_spec(name) is None:
+        reason = f"{name} is not installed (pip install -e '.[dev]')"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return importlib.import_module(name)

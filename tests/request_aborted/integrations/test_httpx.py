@@ -2,6 +2,7 @@
 
 Against uvicorn on 127.0.0.1 (``slow_server``): the server notes when each client disconnects,
 and ``psutil`` lists this process's sockets, so "the socket was released" is observed, not assumed.
+Every test runs with httpx and with httpx2 (``hx``).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from types import ModuleType
+from typing import Any
 
-import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
 from starlette.applications import Starlette
@@ -44,13 +46,13 @@ def established_to(port: int) -> int:
 
 
 def test_token_aborts_a_request_waiting_for_its_response_and_releases_the_socket(
-    slow_server: SlowServer,
+    slow_server: SlowServer, hx: ModuleType
 ) -> None:
     key = uuid.uuid4().hex
 
     async def main() -> tuple[BaseException, float, float, int]:
         source = CancellationTokenSource()
-        async with cancellable_client() as client:
+        async with cancellable_client(module=hx) as client:
             fired: list[float] = []
 
             def fire() -> None:
@@ -80,11 +82,11 @@ def test_token_aborts_a_request_waiting_for_its_response_and_releases_the_socket
     assert sockets == 0
 
 
-def test_token_aborts_reading_a_response_body(slow_server: SlowServer) -> None:
+def test_token_aborts_reading_a_response_body(slow_server: SlowServer, hx: ModuleType) -> None:
     async def main() -> tuple[int, int]:
         source = CancellationTokenSource()
         received = 0
-        async with cancellable_client() as client:
+        async with cancellable_client(module=hx) as client:
             async with client.stream(
                 "GET",
                 f"{slow_server.url}/drip?chunks=1000&interval=0.02",
@@ -103,11 +105,11 @@ def test_token_aborts_reading_a_response_body(slow_server: SlowServer) -> None:
 
 
 def test_remaining_budget_is_sent_downstream_in_the_deadline_header(
-    slow_server: SlowServer,
+    slow_server: SlowServer, hx: ModuleType
 ) -> None:
     async def main() -> dict[str, str]:
         source = CancellationTokenSource(timeout=5.0)
-        async with cancellable_client() as client:
+        async with cancellable_client(module=hx) as client:
             response = await client.get(
                 f"{slow_server.url}/headers", extensions={TOKEN_EXTENSION: source.token}
             )
@@ -118,10 +120,12 @@ def test_remaining_budget_is_sent_downstream_in_the_deadline_header(
     assert 4_800 < int(headers["x-request-timeout-ms"]) <= 5_000
 
 
-def test_grpc_timeout_header_format_is_supported(slow_server: SlowServer) -> None:
+def test_grpc_timeout_header_format_is_supported(slow_server: SlowServer, hx: ModuleType) -> None:
     async def main() -> dict[str, str]:
         source = CancellationTokenSource(timeout=2.0)
-        async with cancellable_client(deadline_header=DeadlineHeader.of("grpc-timeout")) as client:
+        async with cancellable_client(
+            module=hx, deadline_header=DeadlineHeader.of("grpc-timeout")
+        ) as client:
             response = await client.get(
                 f"{slow_server.url}/headers", extensions={TOKEN_EXTENSION: source.token}
             )
@@ -134,14 +138,16 @@ def test_grpc_timeout_header_format_is_supported(slow_server: SlowServer) -> Non
     assert "x-request-timeout-ms" not in headers
 
 
-def test_no_deadline_header_without_a_deadline_or_when_disabled(slow_server: SlowServer) -> None:
+def test_no_deadline_header_without_a_deadline_or_when_disabled(
+    slow_server: SlowServer, hx: ModuleType
+) -> None:
     async def main() -> tuple[dict[str, str], dict[str, str]]:
-        async with cancellable_client() as client:
+        async with cancellable_client(module=hx) as client:
             plain = await client.get(
                 f"{slow_server.url}/headers",
                 extensions={TOKEN_EXTENSION: CancellationTokenSource().token},
             )
-        async with cancellable_client(deadline_header=None) as client:
+        async with cancellable_client(module=hx, deadline_header=None) as client:
             disabled = await client.get(
                 f"{slow_server.url}/headers",
                 extensions={TOKEN_EXTENSION: CancellationTokenSource(timeout=5).token},
@@ -153,18 +159,18 @@ def test_no_deadline_header_without_a_deadline_or_when_disabled(slow_server: Slo
     assert "x-request-timeout-ms" not in disabled
 
 
-def test_each_timeout_becomes_the_smaller_of_configured_and_remaining() -> None:
+def test_each_timeout_becomes_the_smaller_of_configured_and_remaining(hx: ModuleType) -> None:
     seen: list[dict[str, float | None]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Any) -> Any:
         seen.append(request.extensions["timeout"])
-        return httpx.Response(200)
+        return hx.Response(200)
 
     async def main() -> None:
-        transport = CancellableTransport(httpx.MockTransport(handler))
+        transport = CancellableTransport(hx.MockTransport(handler))
         source = CancellationTokenSource(timeout=2.0)
-        async with httpx.AsyncClient(
-            transport=transport, timeout=httpx.Timeout(10.0, connect=1.0)
+        async with hx.AsyncClient(
+            transport=transport, timeout=hx.Timeout(10.0, connect=1.0)
         ) as client:
             await client.get("http://upstream/", extensions={TOKEN_EXTENSION: source.token})
 
@@ -177,12 +183,12 @@ def test_each_timeout_becomes_the_smaller_of_configured_and_remaining() -> None:
 
 
 def test_a_timeout_caused_by_the_spent_budget_reports_the_tokens_reason(
-    slow_server: SlowServer,
+    slow_server: SlowServer, hx: ModuleType
 ) -> None:
     async def main() -> BaseException:
         source = CancellationTokenSource()
         source.cancel_after(0.3, RequestTimedOut(0.3, policy="search"))
-        async with cancellable_client(timeout=10) as client:
+        async with cancellable_client(module=hx, timeout=10) as client:
             with pytest.raises(OperationCancelled) as caught:
                 await client.get(
                     f"{slow_server.url}/wait?seconds=5", extensions={TOKEN_EXTENSION: source.token}
@@ -194,13 +200,13 @@ def test_a_timeout_caused_by_the_spent_budget_reports_the_tokens_reason(
     assert reason.policy == "search"
 
 
-def test_a_token_that_already_fired_sends_nothing(slow_server: SlowServer) -> None:
+def test_a_token_that_already_fired_sends_nothing(slow_server: SlowServer, hx: ModuleType) -> None:
     key = uuid.uuid4().hex
 
     async def main() -> None:
         source = CancellationTokenSource()
         source.cancel(DeadlineExceeded(1.0))
-        async with cancellable_client() as client:
+        async with cancellable_client(module=hx) as client:
             with pytest.raises(OperationCancelled):
                 await client.get(
                     f"{slow_server.url}/wait?key={key}", extensions={TOKEN_EXTENSION: source.token}
@@ -210,9 +216,11 @@ def test_a_token_that_already_fired_sends_nothing(slow_server: SlowServer) -> No
     assert key not in slow_server.requests
 
 
-def test_a_request_without_a_token_is_passed_through_untouched(slow_server: SlowServer) -> None:
+def test_a_request_without_a_token_is_passed_through_untouched(
+    slow_server: SlowServer, hx: ModuleType
+) -> None:
     async def main() -> tuple[int, dict[str, str]]:
-        async with cancellable_client() as client:
+        async with cancellable_client(module=hx) as client:
             response = await client.get(f"{slow_server.url}/headers")
             return response.status_code, response.json()
 
@@ -221,29 +229,29 @@ def test_a_request_without_a_token_is_passed_through_untouched(slow_server: Slow
     assert "x-request-timeout-ms" not in headers
 
 
-def test_the_token_extension_must_be_a_token() -> None:
+def test_the_token_extension_must_be_a_token(hx: ModuleType) -> None:
     async def main() -> None:
-        transport = CancellableTransport(httpx.MockTransport(lambda _: httpx.Response(200)))
-        async with httpx.AsyncClient(transport=transport) as client:
+        transport = CancellableTransport(hx.MockTransport(lambda _: hx.Response(200)))
+        async with hx.AsyncClient(transport=transport) as client:
             with pytest.raises(TypeError, match="must be a CancellationToken"):
                 await client.get("http://upstream/", extensions={TOKEN_EXTENSION: 3.0})
 
     run(main())
 
 
-def test_any_transport_is_stopped_by_the_token() -> None:
+def test_any_transport_is_stopped_by_the_token(hx: ModuleType) -> None:
     """Transports other than httpx's own are stopped by cancelling the task that drives them."""
     finished: list[str] = []
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: Any) -> Any:
         try:
             await asyncio.sleep(30)
         finally:
             finished.append("handler unwound")
-        return httpx.Response(200)
+        return hx.Response(200)
 
     async def main() -> float:
-        transport = CancellableTransport(httpx.MockTransport(handler))
+        transport = CancellableTransport(hx.MockTransport(handler))
         source = CancellationTokenSource()
         fired: list[float] = []
 
@@ -251,7 +259,7 @@ def test_any_transport_is_stopped_by_the_token() -> None:
             fired.append(time.perf_counter())
             source.cancel()
 
-        async with httpx.AsyncClient(transport=transport) as client:
+        async with hx.AsyncClient(transport=transport) as client:
             asyncio.get_running_loop().call_later(0.05, fire)
             with pytest.raises(OperationCancelled):
                 await client.get("http://upstream/", extensions={TOKEN_EXTENSION: source.token})
@@ -266,19 +274,21 @@ def test_any_transport_is_stopped_by_the_token() -> None:
     assert finished == ["handler unwound"]
 
 
-def test_the_current_requests_token_is_used_when_none_is_given(slow_server: SlowServer) -> None:
+def test_the_current_requests_token_is_used_when_none_is_given(
+    slow_server: SlowServer, hx: ModuleType
+) -> None:
     """A handler behind the middleware calls upstream without passing its token explicitly."""
 
     async def main() -> tuple[int, dict[str, str]]:
-        async with cancellable_client() as upstream:
+        async with cancellable_client(module=hx) as upstream:
 
             async def handler(request: Request) -> Response:
                 response = await upstream.get(f"{slow_server.url}/headers")
                 return JSONResponse(response.json())
 
             app = RequestAbortedMiddleware(Starlette(routes=[Route("/", handler)]), timeout=3.0)
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app), base_url="http://frontend"
+            async with hx.AsyncClient(
+                transport=hx.ASGITransport(app), base_url="http://frontend"
             ) as client:
                 response = await client.get("/")
                 return response.status_code, response.json()
@@ -288,12 +298,14 @@ def test_the_current_requests_token_is_used_when_none_is_given(slow_server: Slow
     assert 2_500 < int(headers["x-request-timeout-ms"]) <= 3_000
 
 
-def test_cancelling_the_caller_aborts_the_request_cleanly(slow_server: SlowServer) -> None:
+def test_cancelling_the_caller_aborts_the_request_cleanly(
+    slow_server: SlowServer, hx: ModuleType
+) -> None:
     """``asyncio.timeout`` around a call: the socket is shut, not left to a native cancel."""
     key = uuid.uuid4().hex
 
     async def main() -> int:
-        async with cancellable_client() as client:
+        async with cancellable_client(module=hx) as client:
             token: CancellationToken = CancellationTokenSource().token
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.1):
@@ -310,14 +322,14 @@ def test_cancelling_the_caller_aborts_the_request_cleanly(slow_server: SlowServe
     assert key in slow_server.disconnects
 
 
-def test_token_aborts_a_request_under_uvloop(slow_server: SlowServer) -> None:
+def test_token_aborts_a_request_under_uvloop(slow_server: SlowServer, hx: ModuleType) -> None:
     """uvloop's transports expose a PseudoSocket that refuses ``shutdown()``; abort anyway."""
     uvloop = pytest.importorskip("uvloop")
     key = uuid.uuid4().hex
 
     async def main() -> tuple[BaseException, float]:
         source = CancellationTokenSource()
-        async with cancellable_client() as client:
+        async with cancellable_client(module=hx) as client:
             asyncio.get_running_loop().call_later(0.1, source.cancel, ClientDisconnected())
             with pytest.raises(OperationCancelled) as caught:
                 await client.get(

@@ -1,0 +1,102 @@
+"""A Starlette app written against anyio, for ``hypercorn -k trio``: README's setup, under trio.
+
+It records when each request's token fired and why (``GET /events``, on ``time.monotonic()``,
+which is system-wide on Linux), times out ``/timeout`` with ``@request_timeout``, and runs an
+``ApplicationLifetime`` with a background service, so the tests can read from the server's own
+output that the abort line, the 504 and the lifetime's phases happen under trio as under asyncio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import anyio
+import sniffio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from request_aborted import (
+    ApplicationLifetime,
+    BackgroundService,
+    CancellationToken,
+    OperationCancelled,
+    RequestAbortedMiddleware,
+    inject,
+    request_timeout,
+)
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("trio-app")
+
+
+class Ticker(BackgroundService):
+    async def execute(self, stopping_token: CancellationToken) -> None:
+        iterations = 0
+        try:
+            while True:
+                async with stopping_token.scope():
+                    await anyio.sleep(0.05)
+                iterations += 1
+                if iterations == 1:
+                    log.info("ticker running under %s", sniffio.current_async_library())
+        except OperationCancelled as cancelled:
+            log.info("ticker stopped: %s", type(cancelled.reason).__name__)
+
+
+def record(request: Request, token: CancellationToken) -> None:
+    events: list[dict[str, Any]] = request.app.state.events
+    path = request.url.path
+    events.append({"path": path, "event": "started", "at": time.monotonic()})
+
+    def fired(reason: BaseException) -> None:
+        event = {"path": path, "event": "fired", "reason": type(reason).__name__}
+        events.append({**event, "at": time.monotonic()})
+
+    token.register(fired)
+
+
+@inject
+async def slow(request: Request, token: CancellationToken) -> PlainTextResponse:
+    record(request, token)
+    try:
+        async with token.scope():
+            await anyio.sleep(30)
+    finally:
+        log.info("slow cleanup finished")
+    return PlainTextResponse("finished")
+
+
+@request_timeout(0.3)
+@inject
+async def timeout(request: Request, token: CancellationToken) -> PlainTextResponse:
+    record(request, token)
+    async with token.scope():
+        await anyio.sleep(30)
+    return PlainTextResponse("finished")
+
+
+async def backend(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(sniffio.current_async_library())
+
+
+async def events(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.events)
+
+
+lifetime = ApplicationLifetime(grace=float(os.environ.get("SHUTDOWN_GRACE", "1")), stop_timeout=2)
+lifetime.add_service(Ticker())
+
+routes = [Route("/slow", slow), Route("/timeout", timeout), Route("/backend", backend),
+          Route("/events", events)]  # fmt: skip
+app = Starlette(
+    routes=routes,
+    middleware=[Middleware(RequestAbortedMiddleware)],
+    lifespan=lifetime.lifespan(),
+)
+app.state.events = []
