@@ -121,7 +121,9 @@ def test_client_that_left_is_499_with_its_reason_as_an_event(
     assert event.name == "ClientDisconnected"
     assert event.attributes is not None
     assert 0 <= event.attributes["request_aborted.stop_seconds"] < 1  # the handler honoured it
-    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.05
+    # The client left 0.05 s after the outer (OpenTelemetry) middleware started; our clock starts
+    # inside it, a little later (milliseconds on a loaded machine): the request's age, not zero.
+    assert event.attributes["request_aborted.elapsed_seconds"] > 0.025
     assert event.attributes["request_aborted.response_started"] is False
 
 
