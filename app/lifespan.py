@@ -67,7 +67,10 @@ def demo_lifespan(
                 embedded = await stack.enter_async_context(EmbeddedServer(upstream))
                 upstream_url = embedded.url
                 logger.info("recommendations upstream started in-process at %s", upstream_url)
-            http = await stack.enter_async_context(_http_client(upstream_url))
+            transport = _http_transport()
+            if debug is not None:
+                debug.watch_http(transport)
+            http = await stack.enter_async_context(_http_client(upstream_url, transport))
             recommendations = RecommendationsClient(http)
 
             reports = ReportsService(database)
@@ -110,14 +113,19 @@ async def _prepare(database: Database, settings: Settings, token: CancellationTo
     logger.info("seeded in %.1f s", time.monotonic() - started)
 
 
-def _http_client(base_url: str) -> httpx.AsyncClient:
+def _http_transport() -> httpx.AsyncHTTPTransport:
+    """The one connection pool of the process (made here so ``/debug/internals`` can show it)."""
+    return httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    )
+
+
+def _http_client(base_url: str, transport: httpx.AsyncHTTPTransport) -> httpx.AsyncClient:
     """One client (one connection pool) for the whole process, closed at shutdown.
 
     ``cancellable_client`` makes each request stop when the token in its extensions fires, and
     shortens httpx's timeouts to the token's remaining budget.
     """
     return cancellable_client(
-        base_url=base_url,
-        timeout=httpx.Timeout(10.0, connect=2.0),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        base_url=base_url, timeout=httpx.Timeout(10.0, connect=2.0), transport=transport
     )

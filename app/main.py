@@ -3,8 +3,9 @@
 The middleware stack, outermost first:
 
 1. ``RequestAbortedMiddleware`` - owns ``receive``, gives every request its token, enforces
-   ``REQUEST_TIMEOUT`` (and the ``reports``/``transfers`` policies the routes ask for), and turns
-   a fired token into one log line and a 499/504/503. Outermost, so it sees the request before
+   ``REQUEST_TIMEOUT`` (and the ``reports``/``transfers`` policies the routes ask for) and the
+   minimum data rates (``MIN_SEND_RATE``/``MIN_RECEIVE_RATE``), and turns a fired token into one
+   log line and a 499/504/503/408. Outermost, so it sees the request before
    anything reads its body.
 2. ``LiveStatsMiddleware`` - counts requests for the search page's live panel (``GET /stats``).
 3. ``DebugMiddleware`` - only with ``DEMO_DEBUG=1``.
@@ -17,7 +18,12 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import Scope
 
-from request_aborted import DEFAULT_DEADLINE_HEADER, ApplicationLifetime, RequestAbortedMiddleware
+from request_aborted import (
+    DEFAULT_DEADLINE_HEADER,
+    ApplicationLifetime,
+    MinDataRate,
+    RequestAbortedMiddleware,
+)
 
 from .debug import DebugEvents, DebugMiddleware
 from .lifespan import demo_lifespan
@@ -52,6 +58,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # A caller's own budget (ours, from another service, or gRPC's) may shorten ours.
             deadline_headers=(DEFAULT_DEADLINE_HEADER, "grpc-timeout"),
             on_abort=on_abort,
+            # A client that stops reading an export, or trickles an upload, is cut.
+            min_send_rate=_rate(settings.min_send_rate),
+            min_receive_rate=_rate(settings.min_receive_rate),
         ),
         Middleware(LiveStatsMiddleware, stats=metrics.live),
     ]
@@ -70,6 +79,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # async context manager factory Starlette expects.
         lifespan=lifetime.lifespan(demo_lifespan(settings, lifetime, metrics, debug)),
     )
+
+
+def _rate(setting: tuple[float, float] | None) -> MinDataRate | None:
+    return None if setting is None else MinDataRate(*setting)
 
 
 app = create_app()

@@ -35,6 +35,12 @@ class Settings:
     report_timeout: float | None = 30.0
     transfer_timeout: float | None = 300.0
     """Streamed exports and uploads, which take as long as the network does."""
+    min_send_rate: tuple[float, float] | None = (16384.0, 5.0)
+    """A client reading a response slower than this many bytes/s, after this many seconds'
+    grace, is cut (``ClientTooSlow``): a stalled export reader no longer holds its pooled
+    connection for the whole ``TRANSFER_TIMEOUT``."""
+    min_receive_rate: tuple[float, float] | None = (16384.0, 5.0)
+    """The same for request bodies (uploads, orders): a trickled body is answered 408."""
     honor_cancellation: bool = True
     """``False`` makes every handler pass ``CancellationToken.NONE`` down: benchmarks only."""
     shutdown_grace: float = 5.0
@@ -64,6 +70,8 @@ class Settings:
             request_timeout=_seconds(env, "REQUEST_TIMEOUT", defaults.request_timeout),
             report_timeout=_seconds(env, "REPORT_TIMEOUT", defaults.report_timeout),
             transfer_timeout=_seconds(env, "TRANSFER_TIMEOUT", defaults.transfer_timeout),
+            min_send_rate=_rate(env, "MIN_SEND_RATE", defaults.min_send_rate),
+            min_receive_rate=_rate(env, "MIN_RECEIVE_RATE", defaults.min_receive_rate),
             honor_cancellation=_flag(env, "HONOR_CANCELLATION", True),
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", defaults.shutdown_grace),
             data_sync_interval=_float(env, "DATA_SYNC_INTERVAL", defaults.data_sync_interval),
@@ -131,3 +139,22 @@ def _range(env: Mapping[str, str], name: str, default: tuple[float, float]) -> t
         return float(low), float(high or low)
     except ValueError:
         raise ValueError(f"{name} must look like 50-150 (milliseconds), not {value!r}") from None
+
+
+def _rate(
+    env: Mapping[str, str], name: str, default: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """``"16384/5"`` -> 16,384 bytes/s after 5 s of grace; ``0``/``off`` switches it off."""
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("0", "none", "off"):
+        return None
+    rate, _, grace = value.partition("/")
+    try:
+        parsed = float(rate), float(grace or 5)
+    except ValueError:
+        parsed = (0.0, -1.0)
+    if not (parsed[0] > 0 and parsed[1] >= 0):
+        raise ValueError(f"{name} must look like 16384/5 (bytes/s, grace seconds), not {value!r}")
+    return parsed

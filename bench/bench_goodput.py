@@ -18,9 +18,15 @@ the demo is killed and the database's backends terminated, so no round inherits 
 
 Targets: goodput honoured/ignored >= 1.8; PostgreSQL time on abandoned work at least 90 % lower.
 
+``--pool 2`` re-runs it with the pool **saturated** (2 + 2 overflow connections for 40 clients):
+most requests then spend their time waiting for a connection, and an abandoned one that honours
+its token leaves that queue when its client goes (``request_aborted.sqlalchemy``'s pool waits),
+while an ignored one waits its turn and then runs the report for nobody.
+
 Reproduce with::
 
     .venv/bin/python bench/bench_goodput.py            # writes bench/results/goodput.md
+    .venv/bin/python bench/bench_goodput.py --pool 2   # writes bench/results/goodput-pool2.md
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ PATIENCE = 0.2
 BACKLOG_CAP = 60.0
 """Seconds after the window to let the server finish what it accepted."""
 VARIANTS = {"honoured": {"HONOR_CANCELLATION": "1"}, "ignored": {"HONOR_CANCELLATION": "0"}}
-DEMO_ENV = {"DB_POOL_SIZE": "10", "SHUTDOWN_GRACE": "0"}
+DEMO_ENV = {"SHUTDOWN_GRACE": "0"}
+DEFAULT_POOL = 10
 
 
 @dataclass
@@ -195,8 +202,9 @@ def run_round(
     *,
     clients: int,
     seconds: float,
+    pool: int = DEFAULT_POOL,
 ) -> Round:
-    env = {**DEMO_ENV, **VARIANTS[variant]}
+    env = {**DEMO_ENV, "DB_POOL_SIZE": str(pool), **VARIANTS[variant]}
     with running_demo(directory / f"{variant}-{time.monotonic_ns()}", database, **env) as demo:
         for _ in range(2):  # warm: plans cached, pool filled
             httpx.get(demo.url + REPORT, timeout=60).raise_for_status()
@@ -286,13 +294,17 @@ def report(rounds: list[Round], args: argparse.Namespace, environment: str) -> s
     goodput = ratios(lambda r: r.goodput)
     cpu_total = ratios(lambda r: r.total.pg_cpu_abandoned)
     lines = [
-        "# Goodput when half the clients give up",
+        "# Goodput when half the clients give up"
+        + ("" if args.pool == DEFAULT_POOL else f", pool saturated ({args.pool} + {args.pool})"),
         "",
         f"reproduce: `.venv/bin/python bench/bench_goodput.py --pairs {args.pairs} "
-        f"--seconds {args.seconds:g} --clients {args.clients}`",
+        f"--seconds {args.seconds:g} --clients {args.clients}"
+        + ("" if args.pool == DEFAULT_POOL else f" --pool {args.pool}")
+        + "`",
         "",
         f"`GET {REPORT}` (about 0.4 s of PostgreSQL work alone) against the demo on PostgreSQL "
-        f"({PG_ROWS:,} sales rows), `DB_POOL_SIZE=10` (+10 overflow); {args.clients} closed-loop "
+        f"({PG_ROWS:,} sales rows), `DB_POOL_SIZE={args.pool}` (+{args.pool} overflow); "
+        f"{args.clients} closed-loop "
         f"clients, half of them giving up after {PATIENCE * 1000:.0f} ms and asking again at "
         f"once; {args.pairs} pairs of {args.seconds:g} s rounds in ABBA order, a fresh demo per "
         "round. Medians over the rounds of each variant; ratios are taken within each pair. "
@@ -349,7 +361,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=40)
+    parser.add_argument(
+        "--pool", type=int, default=DEFAULT_POOL, help="DB_POOL_SIZE (as many again in overflow)"
+    )
     args = parser.parse_args()
+    results = (
+        RESULTS if args.pool == DEFAULT_POOL else RESULTS.with_name(f"goodput-pool{args.pool}.md")
+    )
     order = ["honoured", "ignored", "ignored", "honoured"]
     plan = [order[n % 4] for n in range(2 * args.pairs)]
     rounds: list[Round] = []
@@ -361,7 +379,7 @@ def main() -> None:
         for variant in plan:
             last = run_round(
                 variant, server, database, Path(directory), clients=args.clients,
-                seconds=args.seconds,
+                seconds=args.seconds, pool=args.pool,
             )  # fmt: skip
             rounds.append(last)
             print(
@@ -371,8 +389,8 @@ def main() -> None:
                 flush=True,
             )
     text = report(rounds, args, environment())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(text)
     print(text)
 
 

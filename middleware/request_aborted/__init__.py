@@ -15,6 +15,7 @@ from ._deadline import DeadlineHeader as DeadlineHeader
 from ._exceptions import CancellationReason as CancellationReason
 from ._exceptions import CancellationRequested as CancellationRequested
 from ._exceptions import ClientDisconnected as ClientDisconnected
+from ._exceptions import ClientTooSlow as ClientTooSlow
 from ._exceptions import DeadlineExceeded as DeadlineExceeded
 from ._exceptions import OperationCancelled as OperationCancelled
 from ._exceptions import RequestTimedOut as RequestTimedOut
@@ -22,6 +23,7 @@ from ._exceptions import ServerShuttingDown as ServerShuttingDown
 from ._lifetime import ApplicationLifetime as ApplicationLifetime
 from ._middleware import AbortHook as AbortHook
 from ._middleware import RequestAbortedMiddleware as RequestAbortedMiddleware
+from ._rates import MinDataRate as MinDataRate
 from ._scope import CriticalSection as CriticalSection
 from ._scope import TokenScope as TokenScope
 from ._timeouts import TimeoutPolicy as TimeoutPolicy
@@ -43,9 +45,11 @@ __all__ = [
     "CancellationToken",
     "CancellationTokenSource",
     "ClientDisconnected",
+    "ClientTooSlow",
     "CriticalSection",
     "DeadlineExceeded",
     "DeadlineHeader",
+    "MinDataRate",
     "OperationCancelled",
     "Readiness",
     "Registration",

@@ -39,6 +39,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ._exceptions import (
     ClientDisconnected,
+    ClientTooSlow,
     DeadlineExceeded,
     OperationCancelled,
     ServerShuttingDown,
@@ -64,6 +65,8 @@ __all__ = [
 logger = logging.getLogger("request_aborted")
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
+REQUEST_TIMEOUT = 408  # a client below its minimum data rate (``_rates``)
+_TITLES: Final = {REQUEST_TIMEOUT: "Request Timeout", 503: "Service Unavailable"}
 
 # Raised by frameworks after they read a disconnect from our receive(), so ours by construction.
 _FALLOUT = (
@@ -128,6 +131,8 @@ def _from_base_http_middleware(exc: RuntimeError) -> bool:
 def status_for(reason: BaseException, timeout_status: int) -> int:
     if isinstance(reason, ClientDisconnected):
         return CLIENT_CLOSED_REQUEST
+    if isinstance(reason, ClientTooSlow):
+        return REQUEST_TIMEOUT
     if isinstance(reason, DeadlineExceeded):
         return timeout_status
     return 503
@@ -151,6 +156,8 @@ async def end_response(
     """
     if completed or isinstance(reason, ClientDisconnected):
         return
+    if started and isinstance(reason, ClientTooSlow):
+        return  # the connection was aborted under the response (``_rates``): nothing to finish
     try:
         if started:
             # Headers are out: the only clean ending left is the final (empty) body message.
@@ -159,7 +166,7 @@ async def end_response(
         body = json.dumps(
             {
                 "type": "about:blank",
-                "title": "Service Unavailable" if status == 503 else "Gateway Timeout",
+                "title": _TITLES.get(status, "Gateway Timeout"),
                 "status": status,
                 "detail": str(reason),
             }
@@ -168,7 +175,7 @@ async def end_response(
             (b"content-type", b"application/problem+json"),
             (b"content-length", str(len(body)).encode()),
         ]
-        if isinstance(reason, ServerShuttingDown) or body_unread:
+        if isinstance(reason, (ServerShuttingDown, ClientTooSlow)) or body_unread:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -14,6 +14,7 @@ Exception hierarchy::
         ├── DeadlineExceeded          the source's own timeout passed
         │   └── RequestTimedOut       the request's time budget ran out
         ├── ClientDisconnected        the client went away before the response completed
+        ├── ClientTooSlow             the client read or sent below its minimum data rate
         └── ServerShuttingDown        the host is stopping and the grace period is over
 
 ``OperationCancelled`` derives from ``BaseException`` for the same reason ``asyncio.CancelledError``
@@ -30,6 +31,7 @@ __all__ = [
     "CancellationReason",
     "CancellationRequested",
     "ClientDisconnected",
+    "ClientTooSlow",
     "DeadlineExceeded",
     "OperationCancelled",
     "RequestTimedOut",
@@ -87,6 +89,36 @@ class ClientDisconnected(CancellationReason):
 
     def __str__(self) -> str:
         return "client disconnected"
+
+
+class ClientTooSlow(CancellationReason):
+    """Used when the client reads the response, or sends its body, below the minimum data rate.
+
+    ``direction`` is ``"send"`` (the response: the server's sends stayed blocked on a client that
+    does not read) or ``"receive"`` (the body: it arrived slower than the rate). Not a
+    ``ClientDisconnected``: the client is still there, holding the connection, and is answered
+    408 if nothing was sent yet; the connection is closed either way.
+    """
+
+    def __init__(
+        self,
+        direction: str,
+        bytes_per_second: float,
+        transferred: int | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        super().__init__(direction, bytes_per_second)
+        self.direction = direction
+        self.bytes_per_second = bytes_per_second
+        self.transferred = transferred
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        what = "read the response" if self.direction == "send" else "sent its body"
+        text = f"client {what} slower than {self.bytes_per_second:g} bytes/s"
+        if self.transferred is not None and self.seconds is not None:
+            text += f" ({self.transferred} bytes in {self.seconds:.1f}s)"
+        return text
 
 
 class ServerShuttingDown(CancellationReason):

@@ -31,6 +31,7 @@ from ._exceptions import (
 )
 from ._log import AbortLog
 from ._loop import Loop, running_loop
+from ._rates import MinDataRate, RateWatch
 from ._scope import TokenScope
 from ._timeouts import TimeoutPolicy, resolve_policy
 from ._token import CancellationToken, CancellationTokenSource, Registration
@@ -70,6 +71,9 @@ class RequestAbortedMiddleware:
       ``ServerShuttingDown``. Defaults to ``grace_expired`` of the ``ApplicationLifetime`` found
       in the lifespan state, when the app's lifespan is wrapped by one.
     * ``on_abort``: called once per aborted request; its errors are logged, never raised.
+    * ``min_send_rate``/``min_receive_rate``: a ``MinDataRate`` below which a client reading the
+      response or sending its body fires the token with ``ClientTooSlow`` (after the rate's
+      grace period); the connection is closed (see ``_rates``). Off by default, and free when off.
     * ``max_buffer``: body bytes read ahead while watching for a disconnect before reading pauses
       until the app catches up (backpressure).
     * ``watch_delay``: how long after application code first observes the token the connection
@@ -92,6 +96,8 @@ class RequestAbortedMiddleware:
         on_abort: AbortHook | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         watch_delay: float = DEFAULT_WATCH_DELAY,
+        min_send_rate: MinDataRate | None = None,
+        min_receive_rate: MinDataRate | None = None,
     ) -> None:
         if not 0 <= watch_delay <= MAX_WATCH_DELAY:
             raise ValueError(
@@ -117,6 +123,9 @@ class RequestAbortedMiddleware:
         self.on_abort = on_abort
         self.max_buffer = max_buffer
         self.watch_delay = watch_delay
+        self.min_send_rate = min_send_rate
+        self.min_receive_rate = min_receive_rate
+        self.rates = min_send_rate is not None or min_receive_rate is not None
         self.lock = threading.Lock()  # shared by this middleware's request sources
         self.abort_log = AbortLog(logger)  # the abort line, visible without logging set up
         self._running: tuple[int, Loop, Watchlist | None] | None = None
@@ -149,17 +158,24 @@ class RequestAbortedMiddleware:
         # channel) plus its token: the path every request takes, whether or not it looks.
         request = (_Request if kind == "http" else _WebSocket)(self, scope, receive, send)
         reset = _context.current.set(request)
+        rates = None
+        if self.rates and kind == "http":
+            rates = RateWatch(request, send, self.min_send_rate, self.min_receive_rate)
         try:
             try:
-                if self.enforce_after is None:
+                if rates is not None:
+                    await request.run_enforced(scope, rates.receive, rates.send)
+                elif self.enforce_after is None:
                     await self.app(scope, request.receive, request.send)
                 else:
-                    await request.run_enforced(scope)
+                    await request.run_enforced(scope, request.receive, request.send)
             except BaseException as exc:
                 if request._reason is None or not request.absorbs(exc):
                     raise
             finally:
                 request.close()
+                if rates is not None:
+                    rates.close()
             if request._reason is not None:
                 await request.finish_aborted(scope)
         finally:
@@ -208,12 +224,15 @@ class _Request(RequestChannel):
         token = self._live_token
         return token if token is not None else CancellationToken(self)
 
-    async def run_enforced(self, scope: Scope) -> None:
-        """Run the app under ``enforce_after``: cooperative first, forced later."""
+    async def run_enforced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app under ``enforce_after`` (if set): cooperative first, forced later."""
+        if self._options.enforce_after is None:
+            await self._options.app(scope, receive, send)
+            return
         enforcer = TokenScope(self.token, delay=self._options.enforce_after)
         try:
             async with enforcer:
-                await self._options.app(scope, self.receive, self.send)
+                await self._options.app(scope, receive, send)
         finally:
             if enforcer.cancelled_caught:
                 logger.warning(

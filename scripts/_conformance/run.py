@@ -20,6 +20,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -173,8 +174,8 @@ def write_requirements(sources: dict[str, Path], versions: dict[str, str]) -> tu
     return requirements, constraints
 
 
-def conformance_venv(sources: dict[str, Path], versions: dict[str, str]) -> Path:
-    """.venv-conformance with the suites' requirements; reinstalled when they change."""
+def conformance_venv(sources: dict[str, Path], versions: dict[str, str]) -> tuple[Path, str]:
+    """.venv-conformance with the suites' requirements, reinstalled when they change; its digest."""
     requirements, constraints = write_requirements(sources, versions)
     python = VENV / "bin" / "python"
     digest = hashlib.sha1(
@@ -184,10 +185,10 @@ def conformance_venv(sources: dict[str, Path], versions: dict[str, str]) -> Path
     ).hexdigest()[:16]
     stamp = VENV / f".installed-{digest}"
     if stamp.exists():
-        return python
-    if not python.exists():
-        log(f"creating {VENV.name} with {sys._base_executable}")  # type: ignore[attr-defined]
-        run([sys._base_executable, "-m", "venv", str(VENV)])  # type: ignore[attr-defined]
+        return python, digest
+    # From scratch: nothing left over from other requirements, nor from an interrupted install.
+    log(f"creating {VENV.name} with {sys._base_executable}")  # type: ignore[attr-defined]
+    run([sys._base_executable, "-m", "venv", "--clear", str(VENV)])  # type: ignore[attr-defined]
     log(f"installing the suites' test requirements into {VENV.name}")
     run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
     run(
@@ -215,7 +216,7 @@ def conformance_venv(sources: dict[str, Path], versions: dict[str, str]) -> Path
     for stale in VENV.glob(".installed-*"):
         stale.unlink()
     stamp.touch()
-    return python
+    return python, digest
 
 
 # --- running and comparing -----------------------------------------------------------------
@@ -246,6 +247,12 @@ def outcomes(junit: Path) -> dict[str, Outcome]:
         if previous is None or _RANK[outcome.status] > _RANK[previous.status]:
             result[key] = outcome
     return result
+
+
+def _children_cpu() -> float:
+    """CPU seconds of finished child processes: unlike wall time, not inflated by a busy host."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_suite(
@@ -280,12 +287,12 @@ def run_suite(
         env["CONFORMANCE_COUNT_DIR"] = str(counts_dir)
     cmd += extra
     log(f"{suite} {mode}: {' '.join(cmd[1:])}  (output: {output.relative_to(ROOT)})")
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _children_cpu()
     with output.open("w") as out:
         subprocess.run(cmd, cwd=source, env=env, stdout=out, stderr=subprocess.STDOUT)
-    elapsed = time.monotonic() - started
+    elapsed, cpu = time.monotonic() - started, _children_cpu() - cpu
     summary = output.read_text().strip().splitlines()
-    log(f"  {summary[-1] if summary else '(no output)'}  [{elapsed:.0f} s]")
+    log(f"  {summary[-1] if summary else '(no output)'}  [{elapsed:.0f} s, {cpu:.0f} s CPU]")
     if not junit.exists():
         raise SystemExit(f"{suite} {mode} wrote no JUnit report; see {output}")
     counts: dict[str, int] = {}
@@ -326,6 +333,12 @@ def main() -> int:
         action="append",
         help="run only this suite (repeatable; default: both)",
     )
+    parser.add_argument(
+        "--rerun-baseline",
+        action="store_true",
+        help="run the suites as shipped even when a full baseline run of the same suites in the "
+        "same environment is cached (a baseline never loads this project's code)",
+    )
     parser.add_argument("-n", "--workers", type=int, default=2, help="xdist workers (default 2)")
     parser.add_argument(
         "pytest_args",
@@ -335,12 +348,12 @@ def main() -> int:
     )
     args = parser.parse_args()
     suites = args.suite or list(SUITES)
-    started = time.monotonic()
+    started, started_cpu = time.monotonic(), _children_cpu()
 
     versions = installed_versions()
     log("project .venv: " + ", ".join(f"{name} {v}" for name, v in versions.items()))
     sources = {suite: unpacked_sdist(SUITES[suite]["project"], versions[suite]) for suite in SUITES}
-    python = conformance_venv(sources, versions)
+    python, digest = conformance_venv(sources, versions)
     setup_done = time.monotonic()
 
     known = known_failures()
@@ -348,9 +361,17 @@ def main() -> int:
     rows: list[tuple[str, ...]] = []
     details: list[str] = []
     for suite in suites:
-        baseline, _, base_time = run_suite(
-            python, suite, sources[suite], "baseline", args.workers, args.pytest_args
-        )
+        cached = CACHE / "results" / f"{suite}-baseline-{digest}.xml"
+        if cached.exists() and not args.rerun_baseline and not args.pytest_args:
+            log(
+                f"{suite} baseline: reusing {cached.relative_to(ROOT)} (same suite, same "
+                "environment; --rerun-baseline runs it again)"
+            )
+            baseline, base_time = outcomes(cached), 0.0
+        else:
+            baseline, _, base_time = run_suite(
+                python, suite, sources[suite], "baseline", args.workers, args.pytest_args
+            )
         injected, counts, inj_time = run_suite(
             python, suite, sources[suite], "injected", args.workers, args.pytest_args
         )
@@ -389,6 +410,10 @@ def main() -> int:
             and (bool(args.pytest_args) or tests_with >= MIN_TESTS_WITH_REQUESTS[suite])
         )
         failed |= bool(regressions) or bool(unexpected) or not plausible
+        if not args.pytest_args and not unexpected and not cached.exists():
+            for old in cached.parent.glob(f"{suite}-baseline-*.xml"):
+                old.unlink()
+            shutil.copy(CACHE / "results" / f"{suite}-baseline.xml", cached)
 
         rows.append(
             (
@@ -464,7 +489,8 @@ def main() -> int:
         log(line)
     total = time.monotonic() - started
     log(
-        f"\nsetup {setup_done - started:.0f} s, total {total:.0f} s "
+        f"\nsetup {setup_done - started:.0f} s, total {total:.0f} s, "
+        f"{_children_cpu() - started_cpu:.0f} s CPU "
         f"({args.workers} xdist workers); reports in {(CACHE / 'results').relative_to(ROOT)}/"
     )
     log("conformance: FAILED" if failed else "conformance: OK")

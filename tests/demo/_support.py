@@ -31,13 +31,13 @@ __all__ = [
     "wait_until",
 ]
 
-PROMPTLY = 1.0
+PROMPTLY = 1.5
 """How soon after the client left the server-side work must have stopped, in seconds.
 
-A functional bound, not a latency claim (those are bench/'s): the work it is set against lasts
-seconds more (the report, the export, PostgreSQL's scan), so the test still fails when nothing
-stops it, and a loaded 2-core machine, where a test process can wait 100s of ms for a core, still
-passes when the token works."""
+A functional limit for a loaded 2-core machine (0.27-0.40 s were seen at a load average of 12),
+far below what work that was not stopped takes (the whole-history report runs for 14-20 s). The
+latency itself is measured in ``bench/bench_cancel_latency.py``, not here.
+"""
 
 Event = dict[str, Any]
 

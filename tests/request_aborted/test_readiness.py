@@ -120,7 +120,7 @@ def test_drain_delay_passes_the_signal_on_only_after_the_delay(
 
     assert seen_early == []
     assert len(server_handler) == 1
-    assert server_handler[0] - signalled_at >= 0.3
+    assert server_handler[0] - signalled_at >= 0.29  # timers may fire a tick early
 
 
 def test_drain_delay_adds_to_the_grace_period() -> None:
@@ -133,7 +133,7 @@ def test_drain_delay_adds_to_the_grace_period() -> None:
             await asyncio.wait_for(lifetime.grace_expired.wait(), 5)
             return time.monotonic() - began
 
-    assert asyncio.run(main()) >= 0.5
+    assert asyncio.run(main()) >= 0.49  # timers may fire a tick early
 
 
 def test_a_second_signal_during_the_drain_delay_passes_it_on_at_once(

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from request_aborted import (
+    AbortHook,
     ApplicationLifetime,
     CancellationToken,
     Readiness,
@@ -33,7 +34,8 @@ log = logging.getLogger("deployment-app")
 @inject
 async def slow(request: Request, token: CancellationToken) -> PlainTextResponse:
     seconds = float(request.query_params.get("seconds", "30"))
-    log.info("started /slow %g pid=%d", seconds, os.getpid())
+    log.info("started /slow %g pid=%d http/%s", seconds, os.getpid(),
+             request.scope.get("http_version"))  # fmt: skip
     try:
         async with token.scope():
             await asyncio.sleep(seconds)
@@ -64,13 +66,18 @@ lifetime = ApplicationLifetime(
     stop_timeout=2,
 )
 
-app = Starlette(
-    routes=[
-        Route("/slow", slow),
-        Route("/upload", upload, methods=["POST"]),
-        Route("/timeout", timeout),
-        Route("/readyz", Readiness()),
-    ],
-    middleware=[Middleware(RequestAbortedMiddleware)],
-    lifespan=lifetime.lifespan(),
-)
+
+def build_app(on_abort: AbortHook | None = None) -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/slow", slow),
+            Route("/upload", upload, methods=["POST"]),
+            Route("/timeout", timeout),
+            Route("/readyz", Readiness()),
+        ],
+        middleware=[Middleware(RequestAbortedMiddleware, on_abort=on_abort)],
+        lifespan=lifetime.lifespan(),
+    )
+
+
+app = build_app()

@@ -1,7 +1,8 @@
 """OpenTelemetryAbortHook: the server span of an aborted request says what the client was given.
 
 OpenTelemetry's ASGI middleware wraps ours and records spans into the SDK's in-memory exporter;
-clients leave through ``request_aborted.testing.Exchange``, which really closes the request.
+clients leave through ``request_aborted.testing.Exchange``, which really closes the request
+(TestClient cannot show a client leaving); one timeout goes through TestClient as well.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from fastapi import FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -20,6 +23,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
+from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
 from request_aborted import (
@@ -30,6 +34,7 @@ from request_aborted import (
     inject,
     request_timeout,
 )
+from request_aborted.fastapi import RequestAborted
 from request_aborted.opentelemetry import OpenTelemetryAbortHook
 from request_aborted.testing import Exchange, Vanish
 
@@ -121,9 +126,8 @@ def test_client_that_left_is_499_with_its_reason_as_an_event(
     assert event.name == "ClientDisconnected"
     assert event.attributes is not None
     assert 0 <= event.attributes["request_aborted.stop_seconds"] < 1  # the handler honoured it
-    # The client left 0.05 s after the outer (OpenTelemetry) middleware started; our clock starts
-    # inside it, a little later (milliseconds on a loaded machine): the request's age, not zero.
-    assert event.attributes["request_aborted.elapsed_seconds"] > 0.025
+    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.04  # asyncio fires timers up to
+    # a clock tick early, and the handler started a little after the vanish was scheduled
     assert event.attributes["request_aborted.response_started"] is False
 
 
@@ -144,7 +148,7 @@ def test_timeout_is_the_504_sent_an_error_status_and_a_request_timed_out_event(
     assert event.attributes is not None
     assert event.attributes["http.response.status_code"] == 504
     assert event.attributes["request_aborted.reason"] == "request timed out after 0.2s"
-    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.2
+    assert event.attributes["request_aborted.elapsed_seconds"] >= 0.19  # a timer may fire early
 
 
 def test_timeout_after_the_headers_keeps_the_status_that_was_sent(
@@ -220,3 +224,42 @@ def test_without_a_recording_span_the_hook_does_nothing(exporter: InMemorySpanEx
 
     assert isinstance(exchange.reason, ClientDisconnected)
     assert server_span(exporter).events == ()
+
+
+fastapi_app = FastAPI()
+fastapi_app.add_middleware(RequestAbortedMiddleware, on_abort=OpenTelemetryAbortHook())
+
+
+@fastapi_app.get("/items/{item}")
+async def item(item: int, token: RequestAborted) -> dict[str, int]:
+    async with token.scope():
+        await asyncio.sleep(10)
+    return {"item": item}
+
+
+def test_fastapi_instrumentor_places_its_span_around_ours(exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    FastAPIInstrumentor.instrument_app(fastapi_app, tracer_provider=provider)
+    try:
+        exchange = Exchange(fastapi_app, path="/items/7", vanish=Vanish.in_handler(delay=0.05))
+        asyncio.run(exchange.run())
+    finally:
+        FastAPIInstrumentor.uninstrument_app(fastapi_app)
+
+    span = server_span(exporter)
+    assert span.name == "GET /items/{item}"
+    assert span.attributes is not None
+    assert span.attributes["http.response.status_code"] == 499
+    assert [event.name for event in span.events] == ["ClientDisconnected"]
+
+
+def test_through_testclient_a_timeout_marks_the_span(exporter: InMemorySpanExporter) -> None:
+    with TestClient(traced(exporter)) as client:
+        response = client.get("/overrun")
+
+    span = server_span(exporter)
+    assert response.status_code == 504
+    assert span.attributes is not None
+    assert span.attributes["http.response.status_code"] == 504
+    assert [event.name for event in span.events] == ["RequestTimedOut"]
