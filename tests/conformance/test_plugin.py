@@ -204,4 +204,5 @@ def test_the_pytest_plugin_writes_per_process_counts(tmp_path: Path) -> None:
         "middleware_requests": 3,
         "tests": 2,
         "tests_with_requests": 1,
+        "bypassed": {},
     }
