@@ -5,7 +5,11 @@
 # It says what it installs and shows each package as pip collects it: a first install takes
 # minutes, and a silent terminal for that long looks hung.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-extra=${1:-dev}
+# A script that sources this without arguments passes its own: only a known extra counts.
+case "${1:-}" in
+    demo | test | dev) extra=$1 ;;
+    *) extra=dev ;;
+esac
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv with $("$python" --version 2>&1)" >&2
