@@ -187,7 +187,8 @@ def _coroutine_name(task: asyncio.Task[Any]) -> str:
 
 
 def _file_descriptors() -> dict[str, Any]:
-    """Open descriptors by kind; sockets also by peer (``inbound``, or the remote address)."""
+    """Open descriptors by kind; sockets also by peer (``inbound:<our port>``, or the remote
+    address)."""
     kinds: Counter[str] = Counter()
     try:
         names = os.listdir("/proc/self/fd")
@@ -215,7 +216,7 @@ def _sockets() -> dict[str, Any] | None:
         if c.status == psutil.CONN_LISTEN:
             peers["listening"] += 1
         elif c.laddr and c.laddr.port in listening:
-            peers["inbound"] += 1
+            peers[f"inbound:{c.laddr.port}"] += 1
         elif c.raddr:
             peers[f"{c.raddr.ip}:{c.raddr.port}"] += 1
         else:
