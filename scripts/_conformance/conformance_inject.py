@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class Counts:
     middleware_requests: int = 0  # HTTP/WebSocket calls of the injected middleware
     tests: int = 0
     tests_with_requests: int = 0  # tests during which at least one request went through ours
+    # Tests in which a request reached an app but not the middleware, and how many did.
+    bypassed: dict[str, int] = field(default_factory=dict)
 
 
 class CountingRequestAbortedMiddleware(RequestAbortedMiddleware):
@@ -130,13 +132,17 @@ class _Plugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[None]:
-        before = self.counts.middleware_requests
+        counts = self.counts
+        before, reached = counts.middleware_requests, counts.app_requests
         try:
             return (yield)
         finally:
-            self.counts.tests += 1
-            if self.counts.middleware_requests > before:
-                self.counts.tests_with_requests += 1
+            counts.tests += 1
+            through = counts.middleware_requests - before
+            if through:
+                counts.tests_with_requests += 1
+            if counts.app_requests - reached > through:
+                counts.bypassed[item.nodeid] = counts.app_requests - reached - through
 
     def close(self) -> None:
         self._stack.close()

@@ -29,6 +29,7 @@ import time
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -257,7 +258,7 @@ def _children_cpu() -> float:
 
 def run_suite(
     python: Path, suite: str, source: Path, mode: str, workers: int, extra: list[str]
-) -> tuple[dict[str, Outcome], dict[str, int], float]:
+) -> tuple[dict[str, Outcome], dict[str, Any], float]:
     results = CACHE / "results"
     results.mkdir(parents=True, exist_ok=True)
     junit = results / f"{suite}-{mode}.xml"
@@ -295,10 +296,13 @@ def run_suite(
     log(f"  {summary[-1] if summary else '(no output)'}  [{elapsed:.0f} s, {cpu:.0f} s CPU]")
     if not junit.exists():
         raise SystemExit(f"{suite} {mode} wrote no JUnit report; see {output}")
-    counts: dict[str, int] = {}
+    counts: dict[str, Any] = {"bypassed": {}}
     for path in counts_dir.glob("*.json"):
         for key, value in json.loads(path.read_text()).items():
-            counts[key] = counts.get(key, 0) + value
+            if key == "bypassed":
+                counts[key].update(value)
+            else:
+                counts[key] = counts.get(key, 0) + value
     return outcomes(junit), counts, elapsed
 
 
@@ -463,6 +467,12 @@ def main() -> int:
         if fixed:
             details.append(f"\n{suite}: fail as shipped, pass injected:")
             details += [f"  {test}" for test in fixed]
+        if counts.get("bypassed"):
+            details.append(
+                f"\n{suite}: tests whose requests reached an app without going through the "
+                "middleware (requests):"
+            )
+            details += [f"  {test}: {n}" for test, n in sorted(counts["bypassed"].items())]
         if not plausible:
             details.append(
                 f"\n{suite}: INJECTION NOT PROVEN: {through} of {reached} requests to apps went "
