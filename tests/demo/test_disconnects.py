@@ -185,7 +185,8 @@ def test_search_call_to_the_upstream_is_cancelled_across_the_process_boundary(
         r"INFO: +request_aborted: GET /recommendations aborted after [0-9.]+s: "
         r"ClientDisconnected.*\(499\)"
     )
-    assert time.monotonic() - left_at < 1.0
+    # Not left to think: it had 4.7 s to go. 2.5 s leaves room for a loaded machine.
+    assert time.monotonic() - left_at < 2.5
     assert_no_traceback(upstream.log())
 
 
@@ -201,7 +202,7 @@ def test_search_answers_without_recommendations_when_the_upstream_is_slow(
     started = time.monotonic()
     body = demo.get("/search", params={"q": "lamp"}).json()
 
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.5  # the 0.3 s budget, not the upstream's 5 s (+ room)
     assert body["products"] and body["recommendations"] is None
     assert body["recommendations_missing"] == "timeout"
     # The linked budget ended the upstream call, and the upstream stopped thinking too: it saw
