@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import threading
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -27,6 +26,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message, Scope
 
 from request_aborted import (
@@ -43,11 +43,6 @@ from request_aborted import (
     request_aborted,
     request_timeout,
 )
-
-with warnings.catch_warnings():
-    # Starlette 1.x prefers httpx2 for its TestClient and warns when it falls back to httpx.
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
 
 BOTH = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 
