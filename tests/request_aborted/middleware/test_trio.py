@@ -25,9 +25,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message, Scope
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from request_aborted import (
     ApplicationLifetime,
@@ -553,3 +554,48 @@ def test_the_sqlalchemy_integration_under_trio_says_it_runs_on_asyncio_only() ->
 
     with pytest.raises(RuntimeError, match=r"request_aborted\.sqlalchemy runs on asyncio only"):
         trio.run(main)
+
+
+# -- WebSockets under trio ---------------------------------------------------------------------
+
+
+async def shout(websocket: WebSocket) -> None:
+    await websocket.accept()
+    while True:
+        text = await websocket.receive_text()
+        await websocket.send_text(text.upper())
+
+
+def test_a_websocket_the_client_closes_raises_websocket_disconnect_under_trio() -> None:
+    seen: list[BaseException | None] = []
+
+    async def endpoint(websocket: WebSocket) -> None:
+        try:
+            await shout(websocket)
+        finally:
+            seen.append(request_aborted(websocket).reason)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    app.add_middleware(RequestAbortedMiddleware)
+    client = TestClient(app, backend="trio")
+    with pytest.raises(WebSocketDisconnect) as raised, client.websocket_connect("/ws") as websocket:
+        websocket.send_text("hi")
+        assert websocket.receive_text() == "HI"
+        websocket.close(1001)
+    assert raised.value.code == 1001
+    assert [type(reason) for reason in seen] == [ClientDisconnected]
+
+
+def test_a_websocket_that_times_out_is_closed_with_1001_under_trio() -> None:
+    aborted: list[BaseException] = []
+    app = Starlette(routes=[WebSocketRoute("/ws", shout)])
+    app.add_middleware(
+        RequestAbortedMiddleware,
+        timeout=0.05,
+        on_abort=lambda scope, reason, elapsed: aborted.append(reason),
+    )
+    client = TestClient(app, backend="trio")
+    with client.websocket_connect("/ws") as websocket, pytest.raises(WebSocketDisconnect) as raised:
+        websocket.receive_text()  # the client stays, silent, until the server closes
+    assert raised.value.code == 1001
+    assert len(aborted) == 1 and isinstance(aborted[0], RequestTimedOut)
