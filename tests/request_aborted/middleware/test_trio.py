@@ -174,6 +174,35 @@ def test_the_lifetime_starts_and_stops_with_the_lifespan_under_trio() -> None:
     assert isinstance(lifetime.grace_expired.reason, ServerShuttingDown)
 
 
+class Stubborn(BackgroundService):
+    stop_timeout = 0.05
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def execute(self, stopping_token: CancellationToken) -> None:
+        try:
+            await anyio.sleep(60)  # deaf to its token
+        except BaseException:
+            self.cancelled = True
+            raise
+
+
+def test_a_service_that_ignores_its_token_is_named_and_cancelled_under_trio(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lifetime = ApplicationLifetime(grace=5, handle_signals=False)
+    service = Stubborn()
+    lifetime.add_service(service)
+    app = Starlette(routes=[Route("/", hello)], lifespan=lifetime.lifespan())
+    client = TestClient(app, backend="trio")
+    with caplog.at_level(logging.WARNING, "request_aborted.lifetime"), client:
+        pass
+    assert service.cancelled
+    assert any("Stubborn ignored its stopping token" in r.getMessage() for r in caplog.records)
+    assert lifetime.phase == "stopped"
+
+
 def test_a_request_still_running_when_the_grace_period_ends_answers_503_under_trio() -> None:
     lifetime = ApplicationLifetime(grace=0.05, handle_signals=False)
 
