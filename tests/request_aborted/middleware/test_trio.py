@@ -599,3 +599,21 @@ def test_a_websocket_that_times_out_is_closed_with_1001_under_trio() -> None:
         websocket.receive_text()  # the client stays, silent, until the server closes
     assert raised.value.code == 1001
     assert len(aborted) == 1 and isinstance(aborted[0], RequestTimedOut)
+
+
+def test_a_block_that_ends_before_its_next_checkpoint_is_not_interrupted_under_trio() -> None:
+    """The scope was cancelled while the block yielded without a cancellation point, and the
+    block then finished: nothing was interrupted, so nothing is raised (as under asyncio)."""
+    source = CancellationTokenSource()
+    finished: list[bool] = []
+
+    async def main() -> bool:
+        async with source.token.scope() as scope:
+            source.cancel("now")
+            await trio.lowlevel.cancel_shielded_checkpoint()  # the interruption is scheduled
+            await trio.lowlevel.cancel_shielded_checkpoint()  # ... and delivered, not raised
+            finished.append(True)
+        return scope.cancelled_caught
+
+    assert trio.run(main) is False
+    assert finished == [True]
