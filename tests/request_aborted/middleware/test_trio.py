@@ -617,3 +617,27 @@ def test_a_block_that_ends_before_its_next_checkpoint_is_not_interrupted_under_t
 
     assert trio.run(main) is False
     assert finished == [True]
+
+
+def test_a_fastapi_http_middleware_inside_answers_504_on_timeout_under_trio() -> None:
+    """Defect 1's stack (``@app.middleware("http")`` inside ours), under trio."""
+    from fastapi import FastAPI
+
+    api = FastAPI()
+
+    @api.middleware("http")
+    async def passthrough(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        return response
+
+    @api.get("/slow")
+    async def slow(request: Request) -> str:
+        async with request_aborted(request).scope():
+            await anyio.sleep(30)
+        return "too late"
+
+    api.add_middleware(RequestAbortedMiddleware, timeout=0.05)
+    with TestClient(api, backend="trio") as client:
+        response = client.get("/slow")
+    assert response.status_code == 504
+    assert response.headers["content-type"] == "application/problem+json"
