@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -103,8 +104,13 @@ async def _prepare(database: Database, settings: Settings, token: CancellationTo
         return
     rows = settings.seed_rows if settings.seed_rows is not None else default_rows(database.dialect)
     logger.info("empty database: seeding %s sales rows (first start only)...", f"{rows:,}")
-    await seed(database, rows, token)
-    logger.info("seeded")
+    started = time.monotonic()
+
+    def tenth(done: int, total: int) -> None:
+        logger.info("seeding: %d%% (%.0f s)", 100 * done // total, time.monotonic() - started)
+
+    await seed(database, rows, token, on_tenth=tenth)
+    logger.info("seeded in %.1f s", time.monotonic() - started)
 
 
 def _http_transport() -> httpx.AsyncHTTPTransport:

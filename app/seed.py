@@ -18,7 +18,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TextIO
 
 from sqlalchemy import Table
@@ -93,14 +93,23 @@ def default_rows(dialect: str) -> int:
 
 
 async def seed(
-    database: Database, rows: int, token: CancellationToken, *, progress: TextIO | None = None
+    database: Database,
+    rows: int,
+    token: CancellationToken,
+    *,
+    progress: TextIO | None = None,
+    on_tenth: Callable[[int, int], object] | None = None,
 ) -> None:
-    """Load the shop and ``rows`` sales into empty tables; the token is checked per batch."""
+    """Load the shop and ``rows`` sales into empty tables; the token is checked per batch.
+
+    ``progress`` draws a bar on a terminal; ``on_tenth(done, total)`` is called each time another
+    tenth of the rows is loaded (the app's first start logs it: seconds of silence look hung).
+    """
     rng = random.Random(20240101)
     loader = BulkLoader(database)
     prices = _prices(rng)
     customers = max(1000, rows // 25)
-    bar = _Bar(2 * PRODUCTS + customers + rows, progress)  # products, stock, customers, sales
+    bar = _Bar(2 * PRODUCTS + customers + rows, progress, on_tenth)  # products, stock, ...
     parts: list[Part] = [
         (TABLES[table], columns, [batch]) for table, columns, batch in _shop(rng, prices, customers)
     ]
@@ -165,15 +174,27 @@ def _sales(
 class _Bar:
     """``[#########.........]  45%  225,000/500,000`` on one line, redrawn at most 10x a second."""
 
-    def __init__(self, total: int, stream: TextIO | None) -> None:
+    def __init__(
+        self,
+        total: int,
+        stream: TextIO | None,
+        on_tenth: Callable[[int, int], object] | None = None,
+    ) -> None:
         self.total = total
         self.done = 0
         self.stream = stream
+        self.on_tenth = on_tenth
         self.started = time.monotonic()
         self._drawn = 0.0
+        self._tenths = 0
 
     def advance(self, count: int) -> None:
         self.done += count
+        if self.on_tenth is not None and self.total:
+            tenths = 10 * self.done // self.total
+            if tenths > self._tenths:
+                self._tenths = tenths
+                self.on_tenth(self.done, self.total)
         now = time.monotonic()
         if self.stream is not None and now - self._drawn >= 0.1:
             self._drawn = now

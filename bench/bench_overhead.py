@@ -37,7 +37,9 @@ Variants (``bench/apps.py``):
   only with ``--fd-python`` (an interpreter that has it), against a bare app on that interpreter
 * (e) a no-op ``BaseHTTPMiddleware``, the reference point most Starlette users know
 * (b*N) and (c*N) with ``--candidate DIR`` (repeatable): (b) and (c) again, importing
-  ``request_aborted`` from ``DIR`` (a modified copy of the package), interleaved with the originals
+  ``request_aborted`` from ``DIR`` (a modified copy of the package, or an older commit's:
+  ``git archive COMMIT middleware/request_aborted | tar -x -C DIR``), interleaved with the
+  originals; (b/b*N) and (c/c*N) pair this tree's (b) and (c) with the candidate's directly
 
 Reproduce with::
 
@@ -177,6 +179,13 @@ def variants(args: argparse.Namespace) -> list[Variant]:
             Variant(f"c*{n}", f"(c*{n}) candidate {n}, token.scope()", f"candidate{n}",
                     "/{endpoint}-token", "a+sleep"),
         )  # fmt: skip
+        # This tree against the candidate directly, loaded together: before/after in one ratio.
+        found += [
+            Variant(f"b/b*{n}", f"(b/b*{n}) this tree over candidate {n}, token unused",
+                    "middleware", "/{endpoint}", f"b*{n}"),
+            Variant(f"c/c*{n}", f"(c/c*{n}) this tree over candidate {n}, token.scope()",
+                    "middleware", "/{endpoint}-token", f"c*{n}"),
+        ]  # fmt: skip
     if args.fd_python:
         found += [
             Variant("a'", "(a') bare Starlette on --fd-python", "bare_fd", "/{endpoint}"),

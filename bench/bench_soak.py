@@ -597,7 +597,7 @@ UVLOOP_PIPELINING = "ERROR:    ASGI callable returned without completing respons
 marks only its newest pipelined request disconnected, so an earlier one still running gets
 uvloop's RuntimeError from ``send()`` (the asyncio loop drops the write silently) and, ended by
 its client's departure, is logged as an app that returned without completing its response.
-Counted apart: it is uvicorn's, and a plain app without this library logs it with a traceback."""
+Counted apart: it is uvicorn's (without the middleware the RuntimeError leaves the app)."""
 MAX_UPLOAD = 8 * MIB
 ABANDON_PATIENCE = 75.0
 """A client that stays waits this long: past the reports policy (30 s) plus the pool's timeout

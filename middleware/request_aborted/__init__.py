@@ -33,6 +33,8 @@ from ._token import CancellationTokenSource as CancellationTokenSource
 from ._token import Registration as Registration
 from .readiness import Readiness as Readiness
 
+__version__ = "0.1.0"  # Semantic Versioning; the package's only copy of the number (CHANGELOG.md)
+
 __all__ = [
     "DEFAULT_DEADLINE_HEADER",
     "AbortHook",

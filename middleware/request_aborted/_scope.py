@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import sys
 import threading
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -140,13 +141,14 @@ class TokenScope(Registration):
         return self
 
     def _enter_trio(self) -> None:
-        task = current_task()
-        if task is None:
+        # asyncio found no loop here: this is a trio task (then trio is imported), or no task.
+        trio = sys.modules.get("trio")
+        if trio is None or not trio.lowlevel.in_trio_task():
             raise RuntimeError("token.scope() must be used inside an asyncio or trio task")
-        import trio
+        from ._trio import current_loop
 
-        self._task = task
-        self._loop = running_loop()
+        self._task = trio.lowlevel.current_task()
+        self._loop = current_loop()
         trio_scope = self._trio_scope = trio.CancelScope()
         trio_scope.__enter__()
 

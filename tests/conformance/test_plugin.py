@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -29,13 +28,10 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 from request_aborted import RequestAbortedMiddleware, request_aborted
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # TestClient warns when it runs on httpx, not httpx2
-    from starlette.testclient import TestClient
 
 PLUGIN_DIR = Path(__file__).resolve().parents[2] / "scripts" / "_conformance"
 

@@ -8,8 +8,10 @@ the record, grow it without limit, and walk the whole heap (0.26 s of CPU) on ev
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -50,7 +52,25 @@ def test_internals_cost_milliseconds_of_cpu_not_a_heap_walk(demo_log: Demo) -> N
 
     assert seen["db_pool"]["checked_out"] == 0
     assert len(seen["http_pools"]) == 1  # the upstream client's pool, handed over, not searched
-    assert per_call < 0.05, f"{per_call * 1000:.1f} ms of CPU per call"
+    # 78 ms before (a heap walk and a forced collection); about 12 ms now, most of it psutil
+    # reading the system's socket table, which other processes' connections make longer.
+    assert per_call < 0.1, f"{per_call * 1000:.1f} ms of CPU per call"
+
+
+def test_internals_neither_collect_nor_walk_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*_: object) -> None:
+        raise AssertionError("a heap walk or a forced collection on every /debug/internals")
+
+    monkeypatch.setattr(gc, "get_objects", forbidden)
+    monkeypatch.setattr(gc, "collect", forbidden)
+
+    async def read() -> dict[str, object]:
+        return DebugEvents().internals()
+
+    seen: dict[str, Any] = asyncio.run(read())
+
+    assert seen["requests"]["in_flight"] == 0
+    assert seen["http_pools"] == []  # none handed over
 
 
 def test_the_event_record_is_a_ring_and_the_counts_go_on() -> None:

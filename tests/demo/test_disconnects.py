@@ -185,7 +185,8 @@ def test_search_call_to_the_upstream_is_cancelled_across_the_process_boundary(
         r"INFO: +request_aborted: GET /recommendations aborted after [0-9.]+s: "
         r"ClientDisconnected.*\(499\)"
     )
-    assert time.monotonic() - left_at < 1.0
+    # Not left to think: it had 4.7 s to go. 2.5 s leaves room for a loaded machine.
+    assert time.monotonic() - left_at < 2.5
     assert_no_traceback(upstream.log())
 
 
@@ -201,7 +202,7 @@ def test_search_answers_without_recommendations_when_the_upstream_is_slow(
     started = time.monotonic()
     body = demo.get("/search", params={"q": "lamp"}).json()
 
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.5  # the 0.3 s budget, not the upstream's 5 s (+ room)
     assert body["products"] and body["recommendations"] is None
     assert body["recommendations_missing"] == "timeout"
     # The linked budget ended the upstream call, and the upstream stopped thinking too: it saw
@@ -226,18 +227,23 @@ def test_report_over_its_budget_is_a_504_problem(start_demo: StartDemo) -> None:
     assert_no_traceback(demo.log())
 
 
+@pytest.mark.timeout(300)  # the full report, on a loaded machine: minutes, not the default 60 s
 def test_benchmark_mode_ignores_the_client_and_runs_the_query_to_the_end(
     start_demo: StartDemo,
 ) -> None:
-    """``HONOR_CANCELLATION=0``: the contrast that shows what the token saves."""
-    demo = start_demo(HONOR_CANCELLATION="0")
+    """``HONOR_CANCELLATION=0``: the contrast that shows what the token saves.
+
+    The report's own timeouts are off: on a loaded machine the full report can outrun its 30 s
+    policy, and that 504 is not what this test is about (the client leaving is).
+    """
+    demo = start_demo(HONOR_CANCELLATION="0", REPORT_TIMEOUT="0", REQUEST_TIMEOUT="0")
     curl = subprocess.run(
         ["curl", "--silent", "--max-time", "1", f"{demo.url}/reports/sales"], check=False
     )
     assert curl.returncode == 28
 
     events = demo.wait_for_event(
-        0, lambda e: bool(named(e, "/reports/sales", "request.finished")), timeout=60
+        0, lambda e: bool(named(e, "/reports/sales", "request.finished")), timeout=240
     )
     assert not named(events, "/reports/sales", "sql.failed")
     assert len(named(events, "/reports/sales", "sql.finished")) == 2  # the report ran in full

@@ -99,3 +99,27 @@ def test_the_health_probe_answers_while_the_pool_is_drained(tmp_path: Path) -> N
             await database.dispose()
 
     assert asyncio.run(main()) < 5
+
+
+def test_a_seed_reports_each_tenth_of_its_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's first start logs these: minutes of silence would look like a hang."""
+    monkeypatch.setattr("app.seed.BATCH", 3000)  # ten batches of sales, as 800,000 rows make 16
+    reports: list[tuple[int, int]] = []
+
+    async def main() -> None:
+        database = Database(f"sqlite+aiosqlite:///{tmp_path / 'progress.db'}")
+        try:
+            await database.create_schema(CancellationToken.NONE)
+            await seed(
+                database, 30_000, CancellationToken.NONE, on_tenth=lambda *r: reports.append(r)
+            )
+        finally:
+            await database.dispose()
+
+    asyncio.run(main())
+
+    tenths = [10 * done // total for done, total in reports]
+    assert tenths == sorted(set(tenths)) and len(tenths) >= 8  # each report a new tenth, in order
+    assert reports[-1][0] == reports[-1][1]  # the last one is the whole of it

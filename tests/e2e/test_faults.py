@@ -268,7 +268,9 @@ def test_a_hanging_upstream_is_cut_off_by_the_search_budget(
         assert {r.status_code for r in responses} == {200}
         assert all(r.json()["products"] for r in responses)
         assert {r.json()["recommendations_missing"] for r in responses} == {"timeout"}
-        assert elapsed < 3 * (0.5 + 0.3)  # each search waited its 0.5 s budget, no longer
+        # Each search waited its 0.5 s budget (plus room for a loaded machine), not the black
+        # hole's forever: without the budget each would end at the client's 10 s timeout.
+        assert elapsed < 3 * (0.5 + 1.5)
         # The demo hung up on every call it gave up on, and no pool slot stayed taken.
         wait_until(lambda: len(hole.closed) == len(hole.accepted) == 3, 1, "the calls closed")
         wait_until_quiet(demo, timeout=1)
@@ -341,8 +343,8 @@ def raw_exchange(demo: Demo, data: bytes, *, half_close: bool = False) -> tuple[
 def test_a_malformed_request_gets_a_400_and_harms_nothing(edge: Demo, data: bytes) -> None:
     answer, seconds = raw_exchange(edge, data)
 
-    assert answer.startswith(b"HTTP/1.1 400 ")
-    assert seconds < 0.5
+    assert answer.startswith(b"HTTP/1.1 400 ")  # at once: a hang would end as the 1 s timeout's 504
+    assert seconds < 3  # and well before the socket's 5 s, however loaded the machine
 
 
 def test_a_body_cut_short_by_a_half_close_commits_nothing(edge: Demo) -> None:
@@ -396,7 +398,9 @@ def test_slow_header_clients_do_not_hold_up_others_and_commit_nothing(edge: Demo
         for _ in range(5):
             started = time.monotonic()
             assert edge.get("/healthz").status_code == 200
-            assert time.monotonic() - started < 0.5  # the trickling clients cost others nothing
+            # The trickling clients cost others nothing: each trickles for 3 s, so a probe queued
+            # behind them would take seconds; 2 s is room for a loaded machine.
+            assert time.monotonic() - started < 2.0
     finally:
         stop.set()
         for client in slow:

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests._fixtures.postgres import PostgresServer
 from tests.demo._support import Demo, open_request, read_response, wait_until
 
-from ._demo import assert_clean_log, running_demo, sqlite_copy
+from ._demo import assert_clean_log, postgres_copy, running_demo, sqlite_copy
 
 pytestmark = pytest.mark.e2e
 
@@ -27,15 +28,27 @@ EXPORT = "/reports/sales/export?from=2024-01-01&to=2030-12-31"
 ABORT_LINE = r"{method} {path} aborted after ([0-9.]+)s: ClientTooSlow: client {what}.* \(408\)"
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    directory = tmp_path_factory.mktemp("rates")
-    with running_demo(
-        directory,
-        sqlite_copy(tmp_path_factory, directory),
-        MIN_SEND_RATE=f"{SEND_RATE}/{SEND_GRACE}",
-        MIN_RECEIVE_RATE=f"{RECEIVE_RATE}/{RECEIVE_GRACE}",
-    ) as running:
+RATES = {
+    "MIN_SEND_RATE": f"{SEND_RATE}/{SEND_GRACE}",
+    "MIN_RECEIVE_RATE": f"{RECEIVE_RATE}/{RECEIVE_GRACE}",
+}
+
+
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+)
+def demo(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Demo]:
+    directory = tmp_path_factory.mktemp(f"rates-{request.param}")
+    if request.param == "sqlite":
+        database = sqlite_copy(tmp_path_factory, directory)
+        with running_demo(directory, database, **RATES) as running:
+            yield running
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    with postgres_copy(server) as pg, running_demo(directory, pg, **RATES) as running:
         yield running
 
 

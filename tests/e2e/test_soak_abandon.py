@@ -58,7 +58,7 @@ def test_tasks_descriptors_and_memory_are_back_to_the_warm_baseline(soak: Abando
 
 def test_no_error_line_and_no_traceback_in_the_log(soak: AbandonSoak) -> None:
     # uvicorn's own line for pipelined batches abandoned on uvloop is counted apart (see
-    # bench_soak.UVLOOP_PIPELINING): it is uvicorn's defect, logged with a traceback without us.
+    # bench_soak.UVLOOP_PIPELINING): it is uvicorn's defect (docs/hazards.md, row 34).
     assert soak.log_errors == []
 
 

@@ -544,9 +544,11 @@ def test_close_stops_the_timer_and_keeps_the_token_state() -> None:
 
 
 def test_close_stops_a_timer_thread_as_well() -> None:
-    source = CancellationTokenSource(timeout=0.01)
+    # Half a second between creating and closing: a loaded machine can pause this thread for tens
+    # of milliseconds, and a timer that fired before close() would prove nothing.
+    source = CancellationTokenSource(timeout=0.5)
     source.close()
-    time.sleep(0.05)
+    time.sleep(0.7)
     assert not source.token.is_cancellation_requested
 
 

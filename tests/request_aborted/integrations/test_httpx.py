@@ -66,7 +66,7 @@ def test_token_aborts_a_request_waiting_for_its_response_and_releases_the_socket
                 )
             raised_after = time.perf_counter() - fired[0]
             sockets = established_to(slow_server.port)
-            for _ in range(100):
+            for _ in range(400):  # up to 2 s for the server to notice, on a loaded machine
                 if key in slow_server.disconnects:
                     break
                 await asyncio.sleep(0.005)
@@ -75,8 +75,10 @@ def test_token_aborts_a_request_waiting_for_its_response_and_releases_the_socket
 
     reason, raised_after, server_saw_after, sockets = run(main())
     assert isinstance(reason, ClientDisconnected)
-    assert raised_after < 0.1  # "promptly" with room for a loaded CI machine; see the benchmark
-    assert server_saw_after < 0.2
+    # "Promptly": the server would otherwise hold the request forever. The bounds hold on a loaded
+    # 2-core machine; the milliseconds are the benchmark's to measure.
+    assert raised_after < 1.0
+    assert server_saw_after < 1.0
     assert sockets == 0
 
 
@@ -262,13 +264,13 @@ def test_any_transport_is_stopped_by_the_token(hx: ModuleType) -> None:
             with pytest.raises(OperationCancelled):
                 await client.get("http://upstream/", extensions={TOKEN_EXTENSION: source.token})
             raised_after = time.perf_counter() - fired[0]
-            for _ in range(200):
+            for _ in range(400):
                 if finished:
                     break
                 await asyncio.sleep(0.005)
             return raised_after
 
-    assert run(main()) < 0.1
+    assert run(main()) < 1.0  # the handler sleeps 30 s; loaded-machine room, not a latency claim
     assert finished == ["handler unwound"]
 
 
@@ -310,7 +312,7 @@ def test_cancelling_the_caller_aborts_the_request_cleanly(
                     await client.get(
                         f"{slow_server.url}/wait?key={key}", extensions={TOKEN_EXTENSION: token}
                     )
-            for _ in range(100):
+            for _ in range(400):  # up to 2 s for the server to notice, on a loaded machine
                 if key in slow_server.disconnects:
                     break
                 await asyncio.sleep(0.005)
@@ -334,7 +336,7 @@ def test_token_aborts_a_request_under_uvloop(slow_server: SlowServer, hx: Module
                     f"{slow_server.url}/wait?key={key}", extensions={TOKEN_EXTENSION: source.token}
                 )
             fired_at = time.perf_counter()
-            for _ in range(100):
+            for _ in range(400):  # up to 2 s for the server to notice, on a loaded machine
                 if key in slow_server.disconnects:
                     break
                 await asyncio.sleep(0.005)
@@ -343,4 +345,4 @@ def test_token_aborts_a_request_under_uvloop(slow_server: SlowServer, hx: Module
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         reason, server_saw_after = runner.run(main())
     assert isinstance(reason, ClientDisconnected)
-    assert server_saw_after < 0.2
+    assert server_saw_after < 1.0  # the server would otherwise hold the request forever

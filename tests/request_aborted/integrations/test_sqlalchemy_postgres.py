@@ -8,6 +8,7 @@ pid (or the pool's connect count) says whether the pooled connection survived or
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 
@@ -119,10 +120,23 @@ def test_plain_task_cancel_costs_a_reconnect_which_is_why_the_token_avoids_it(
             async with AsyncSession(engine) as session:
                 await session.execute(text(SLEEP_FOREVER))
 
+        async def sleeping() -> set[int]:
+            rows = await postgres_db.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                SLEEP_FOREVER,
+            )
+            return {row[0] for row in rows}
+
+        async def new_sleeper(before: set[int]) -> bool:
+            return bool(await sleeping() - before)
+
         try:
             for _ in range(3):
+                before = await sleeping()  # earlier rounds' backends may still be sleeping
                 task = asyncio.create_task(query())
-                await asyncio.sleep(0.05)
+                # Cancel while the statement runs on the server: after a fixed sleep a loaded
+                # machine may still be connecting, and then there is nothing to invalidate.
+                await wait_until(functools.partial(new_sleeper, before), within=10, interval=0.01)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task

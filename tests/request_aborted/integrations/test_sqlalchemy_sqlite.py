@@ -8,6 +8,7 @@ process's CPU time to show the worker really stopped, on a real database file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ FOR_SECONDS = COUNT_TO.format(n=1_000_000_000)
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     path = tmp_path / "app.db"
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # closed: 3.13 warns otherwise
         db.execute("CREATE TABLE orders (id integer)")
     return f"sqlite+aiosqlite:///{path}"
 
@@ -72,7 +73,9 @@ def test_sqlite_query_is_interrupted_and_the_worker_thread_stops(sqlite_url: str
 
     reason, stopped_after, idle_cpu = run(main())
     assert isinstance(reason, ClientDisconnected)
-    assert stopped_after < 0.1  # "promptly" with room for a loaded CI machine; see the benchmark
+    # "Promptly": the query would otherwise count for tens of seconds. The bound holds on a loaded
+    # 2-core machine; the milliseconds are the benchmark's to measure.
+    assert stopped_after < 1.0
     assert idle_cpu < 0.1  # a query still running would burn ~0.3 s of CPU here
 
 
@@ -136,7 +139,7 @@ def test_sqlite_interrupted_write_leaves_nothing_behind(sqlite_url: str, tmp_pat
             await engine.dispose()
 
     run(main())
-    with sqlite3.connect(tmp_path / "app.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as db:
         assert db.execute("SELECT count(*) FROM orders").fetchone() == (0,)
 
 
@@ -155,7 +158,7 @@ def test_sqlite_statement_after_the_token_fired_is_refused(sqlite_url: str, tmp_
             await engine.dispose()
 
     run(main())
-    with sqlite3.connect(tmp_path / "app.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as db:
         assert db.execute("SELECT count(*) FROM orders").fetchone() == (0,)
 
 

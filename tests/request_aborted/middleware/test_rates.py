@@ -133,9 +133,10 @@ def test_a_stalled_reader_fires_client_too_slow_after_the_grace_period() -> None
     assert isinstance(reason, ClientTooSlow)
     assert reason.direction == "send"
     assert server.blocked_at is not None
-    # Cut at the deadline: no sooner than the grace period (chunks are tiny against the rate).
+    # Cut at the deadline: no sooner than the grace period (chunks are tiny against the rate),
+    # counted from the send's start, a hair before the fake server noted it blocked.
     cut_after = time.monotonic() - server.blocked_at
-    assert cut_after >= 0.3
+    assert cut_after >= 0.29
     # The response had started: nothing more is sent for it, it is cut where it stands.
     assert server.sent[-1]["more_body"] is True
 
@@ -158,7 +159,7 @@ def test_the_deadline_of_a_blocked_send_grows_with_what_it_must_flush() -> None:
 
     assert isinstance(recorder.aborts[0][0], ClientTooSlow)
     assert server.blocked_at is not None
-    assert time.monotonic() - server.blocked_at >= 1.0
+    assert time.monotonic() - server.blocked_at >= 0.99
     assert time.monotonic() - started < 8
 
 

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import threading
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -27,6 +26,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message, Scope
 
 from request_aborted import (
@@ -43,11 +43,6 @@ from request_aborted import (
     request_aborted,
     request_timeout,
 )
-
-with warnings.catch_warnings():
-    # Starlette 1.x prefers httpx2 for its TestClient and warns when it falls back to httpx.
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
 
 BOTH = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 
@@ -177,6 +172,35 @@ def test_the_lifetime_starts_and_stops_with_the_lifespan_under_trio() -> None:
     assert service.events == ["started", "stopped: ServerShuttingDown"]
     assert seen == ["inner exits, stopped=False"]
     assert isinstance(lifetime.grace_expired.reason, ServerShuttingDown)
+
+
+class Stubborn(BackgroundService):
+    stop_timeout = 0.05
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def execute(self, stopping_token: CancellationToken) -> None:
+        try:
+            await anyio.sleep(60)  # deaf to its token
+        except BaseException:
+            self.cancelled = True
+            raise
+
+
+def test_a_service_that_ignores_its_token_is_named_and_cancelled_under_trio(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lifetime = ApplicationLifetime(grace=5, handle_signals=False)
+    service = Stubborn()
+    lifetime.add_service(service)
+    app = Starlette(routes=[Route("/", hello)], lifespan=lifetime.lifespan())
+    client = TestClient(app, backend="trio")
+    with caplog.at_level(logging.WARNING, "request_aborted.lifetime"), client:
+        pass
+    assert service.cancelled
+    assert any("Stubborn ignored its stopping token" in r.getMessage() for r in caplog.records)
+    assert lifetime.phase == "stopped"
 
 
 def test_a_request_still_running_when_the_grace_period_ends_answers_503_under_trio() -> None:
