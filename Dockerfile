@@ -10,7 +10,7 @@ WORKDIR /srv
 # The library first: its layer is rebuilt only when it changes.
 COPY pyproject.toml README.md ./
 COPY middleware ./middleware
-RUN pip install '.[sqlalchemy,httpx,prometheus]' 'uvicorn[standard]>=0.30'
+RUN pip install '.[demo]' 'uvicorn[standard]>=0.30'  # the demo's extra (asyncpg and psycopg both)
 
 COPY app ./app
 COPY services ./services

@@ -160,7 +160,7 @@ class RequestAbortedMiddleware:
         reset = _context.current.set(request)
         rates = None
         if self.rates and kind == "http":
-            rates = RateWatch(request, send, self.min_send_rate, self.min_receive_rate)
+            rates = RateWatch(request, send, self.min_send_rate, self.min_receive_rate, scope)
         try:
             try:
                 if rates is not None:

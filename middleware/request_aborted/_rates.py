@@ -26,6 +26,8 @@ Closing the connection: on uvicorn (whose ``send`` belongs to an object with an 
 ``transport``) the transport is aborted, which also ends a ``send()`` blocked in backpressure, so
 nothing stays behind; elsewhere the blocked ``send()`` is cancelled and raises
 ``OperationCancelled``, and the server closes the connection when the client reads or leaves.
+HTTP/2 and HTTP/3 connections are never aborted (they carry other requests' streams): the blocked
+``send()`` is cancelled, as elsewhere.
 Under trio the timer runs and the token fires, but a ``send()`` blocked on the client is left to
 the server (there is no asyncio task to cancel, nor uvicorn transport to abort).
 """
@@ -41,9 +43,11 @@ from ._exceptions import ClientTooSlow, OperationCancelled
 from ._loop import Handle, Loop, running_loop
 
 if TYPE_CHECKING:
-    from starlette.types import Message, Send
+    from starlette.types import Message, Scope, Send
 
 __all__ = ["MinDataRate", "RateWatch", "Transfer"]
+
+_HTTP1 = ("1.0", "1.1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +109,11 @@ class RateWatch:
         server_send: Send,
         send_rate: MinDataRate | None,
         receive_rate: MinDataRate | None,
+        scope: Scope,
     ) -> None:
         self._transfer = transfer
-        self._server_send = server_send
+        # HTTP/1 only: an HTTP/2 or HTTP/3 connection carries other requests' streams too.
+        self._server_send = server_send if scope.get("http_version", "1.1") in _HTTP1 else None
         self._send_rate = send_rate
         self._receive_rate = receive_rate
         self._loop: Loop | None = None
@@ -242,7 +248,8 @@ class RateWatch:
         self._transfer.fire(reason)
         if reason.direction == "receive" and not self._transfer.started:
             return  # the edge answers 408 with Connection: close, and the server closes
-        if not abort_transport(self._server_send, self._task) and self._blocked:
+        aborted = self._server_send is not None and abort_transport(self._server_send, self._task)
+        if not aborted and self._blocked:
             sender = self._sender
             if sender is not None and not sender.done():
                 sender.cancel()

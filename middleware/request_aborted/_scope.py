@@ -163,8 +163,11 @@ class TokenScope(Registration):
         self._release()
         trio_scope = self._trio_scope
         if trio_scope is not None:
-            # Exits the cancel scope first: it swallows the Cancelled it caught (its own only).
-            if trio_scope.__exit__(exc_type, exc, tb) and state is _State.CANCELLING:
+            # Exit the cancel scope first: it swallows the Cancelled it caught (its own only) and
+            # re-raises anything else. A block that ended before reaching a checkpoint after we
+            # cancelled it was not interrupted: cancelled_caught says which.
+            trio_scope.__exit__(exc_type, exc, tb)
+            if trio_scope.cancelled_caught and state is _State.CANCELLING:
                 assert self._reason is not None
                 self._caught = True
                 raise OperationCancelled(self._reason) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -76,6 +77,44 @@ def test_curl_max_time_under_hypercorn_trio_fires_the_token_and_logs_one_499_lin
                         r"ClientDisconnected.*\(499\)")  # fmt: skip
     server.wait_for_log("slow cleanup finished")
     assert server.log().count("GET /slow aborted") == 1
+    assert_no_error_output(server)
+
+
+def test_socket_closed_mid_upload_under_hypercorn_trio_fires_the_token(serve: Serve) -> None:
+    server = serve(APP, server="hypercorn", extra=TRIO)
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 10000000\r\n\r\n")
+    client.sendall(b"x" * 1_000_000)
+    events_when(server, "/upload", "started")
+
+    closed_at = time.monotonic()
+    client.close()
+
+    event = fired(events_when(server, "/upload", "fired"), "/upload")
+    assert event["reason"] == "ClientDisconnected"
+    assert event["at"] - closed_at < PROMPTLY
+    assert_one_quiet_499(server, "POST", "/upload")
+
+
+def test_socket_closed_mid_download_under_hypercorn_trio_fires_the_token(serve: Serve) -> None:
+    server = serve(APP, server="hypercorn", extra=TRIO)
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.sendall(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+    assert client.recv(65536).startswith(b"HTTP/1.1 200")
+
+    closed_at = time.monotonic()
+    client.close()
+
+    event = fired(events_when(server, "/stream", "fired"), "/stream")
+    assert event["reason"] == "ClientDisconnected"
+    assert event["at"] - closed_at < PROMPTLY
+    assert_one_quiet_499(server, "GET", "/stream")
+
+
+def assert_one_quiet_499(server: ServerProcess, method: str, path: str) -> None:
+    server.wait_for_log(rf"INFO request_aborted: {method} {path} aborted after [0-9.]+s: "
+                        r"ClientDisconnected.*\(499\)")  # fmt: skip
+    assert server.log().count(f"{method} {path} aborted") == 1
     assert_no_error_output(server)
 
 

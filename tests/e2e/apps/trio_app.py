@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -18,7 +19,7 @@ import sniffio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 from request_aborted import (
@@ -81,6 +82,27 @@ async def timeout(request: Request, token: CancellationToken) -> PlainTextRespon
     return PlainTextResponse("finished")
 
 
+@inject
+async def upload(request: Request, token: CancellationToken) -> PlainTextResponse:
+    record(request, token)
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+    return PlainTextResponse(str(size))
+
+
+@inject
+async def stream(request: Request, token: CancellationToken) -> StreamingResponse:
+    record(request, token)
+
+    async def rows() -> AsyncIterator[str]:
+        for number in range(10_000):
+            yield f"row {number}\n" * 100
+            await anyio.sleep(0.02)
+
+    return StreamingResponse(rows(), media_type="text/plain")
+
+
 async def backend(request: Request) -> PlainTextResponse:
     return PlainTextResponse(sniffio.current_async_library())
 
@@ -93,6 +115,7 @@ lifetime = ApplicationLifetime(grace=float(os.environ.get("SHUTDOWN_GRACE", "1")
 lifetime.add_service(Ticker())
 
 routes = [Route("/slow", slow), Route("/timeout", timeout), Route("/backend", backend),
+          Route("/upload", upload, methods=["POST"]), Route("/stream", stream),
           Route("/events", events)]  # fmt: skip
 app = Starlette(
     routes=routes,

@@ -65,10 +65,10 @@ class _Transport(asyncio.Transport):
         self.unblocked.set()
 
 
-def http_scope(method: str = "GET") -> Scope:
+def http_scope(method: str = "GET", version: str = "1.1") -> Scope:
     return {
         "type": "http",
-        "http_version": "1.1",
+        "http_version": version,
         "method": method,
         "path": "/export",
         "raw_path": b"/export",
@@ -96,7 +96,10 @@ async def streaming_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def run_stalled(
-    server: StalledReader, rate: MinDataRate, app: Callable[..., Any] = streaming_app
+    server: StalledReader,
+    rate: MinDataRate,
+    app: Callable[..., Any] = streaming_app,
+    version: str = "1.1",
 ) -> tuple[Recorder, float]:
     recorder = Recorder()
     middleware = RequestAbortedMiddleware(app, min_send_rate=rate, on_abort=recorder)
@@ -106,7 +109,7 @@ def run_stalled(
 
     async def main() -> float:
         started = time.monotonic()
-        await asyncio.wait_for(middleware(http_scope(), server.receive, send), 10)
+        await asyncio.wait_for(middleware(http_scope("GET", version), server.receive, send), 10)
         return time.monotonic() - started
 
     return recorder, asyncio.run(main())
@@ -149,6 +152,18 @@ def test_a_stalled_readers_connection_is_aborted_where_the_server_allows_it() ->
     assert isinstance(reason, ClientTooSlow)
     assert server.transport is not None and server.transport.aborted
     assert elapsed < 5  # generous: the cut is at 0.2 s
+
+
+def test_an_http2_connection_is_never_aborted_its_send_is_cancelled_instead() -> None:
+    server = StalledReader(reads=2, with_transport=True)
+    recorder, elapsed = run_stalled(
+        server, MinDataRate(bytes_per_second=100_000, grace=0.2), version="2"
+    )
+
+    ((reason, _),) = recorder.aborts
+    assert isinstance(reason, ClientTooSlow)
+    assert server.transport is not None and not server.transport.aborted  # other streams live
+    assert elapsed < 5
 
 
 def test_the_deadline_of_a_blocked_send_grows_with_what_it_must_flush() -> None:

@@ -25,9 +25,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message, Scope
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from request_aborted import (
     ApplicationLifetime,
@@ -553,3 +554,90 @@ def test_the_sqlalchemy_integration_under_trio_says_it_runs_on_asyncio_only() ->
 
     with pytest.raises(RuntimeError, match=r"request_aborted\.sqlalchemy runs on asyncio only"):
         trio.run(main)
+
+
+# -- WebSockets under trio ---------------------------------------------------------------------
+
+
+async def shout(websocket: WebSocket) -> None:
+    await websocket.accept()
+    while True:
+        text = await websocket.receive_text()
+        await websocket.send_text(text.upper())
+
+
+def test_a_websocket_the_client_closes_raises_websocket_disconnect_under_trio() -> None:
+    seen: list[BaseException | None] = []
+
+    async def endpoint(websocket: WebSocket) -> None:
+        try:
+            await shout(websocket)
+        finally:
+            seen.append(request_aborted(websocket).reason)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    app.add_middleware(RequestAbortedMiddleware)
+    client = TestClient(app, backend="trio")
+    with pytest.raises(WebSocketDisconnect) as raised, client.websocket_connect("/ws") as websocket:
+        websocket.send_text("hi")
+        assert websocket.receive_text() == "HI"
+        websocket.close(1001)
+    assert raised.value.code == 1001
+    assert [type(reason) for reason in seen] == [ClientDisconnected]
+
+
+def test_a_websocket_that_times_out_is_closed_with_1001_under_trio() -> None:
+    aborted: list[BaseException] = []
+    app = Starlette(routes=[WebSocketRoute("/ws", shout)])
+    app.add_middleware(
+        RequestAbortedMiddleware,
+        timeout=0.05,
+        on_abort=lambda scope, reason, elapsed: aborted.append(reason),
+    )
+    client = TestClient(app, backend="trio")
+    with client.websocket_connect("/ws") as websocket, pytest.raises(WebSocketDisconnect) as raised:
+        websocket.receive_text()  # the client stays, silent, until the server closes
+    assert raised.value.code == 1001
+    assert len(aborted) == 1 and isinstance(aborted[0], RequestTimedOut)
+
+
+def test_a_block_that_ends_before_its_next_checkpoint_is_not_interrupted_under_trio() -> None:
+    """The scope was cancelled while the block yielded without a cancellation point, and the
+    block then finished: nothing was interrupted, so nothing is raised (as under asyncio)."""
+    source = CancellationTokenSource()
+    finished: list[bool] = []
+
+    async def main() -> bool:
+        async with source.token.scope() as scope:
+            source.cancel("now")
+            await trio.lowlevel.cancel_shielded_checkpoint()  # the interruption is scheduled
+            await trio.lowlevel.cancel_shielded_checkpoint()  # ... and delivered, not raised
+            finished.append(True)
+        return scope.cancelled_caught
+
+    assert trio.run(main) is False
+    assert finished == [True]
+
+
+def test_a_fastapi_http_middleware_inside_answers_504_on_timeout_under_trio() -> None:
+    """Defect 1's stack (``@app.middleware("http")`` inside ours), under trio."""
+    from fastapi import FastAPI
+
+    api = FastAPI()
+
+    @api.middleware("http")
+    async def passthrough(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        return response
+
+    @api.get("/slow")
+    async def slow(request: Request) -> str:
+        async with request_aborted(request).scope():
+            await anyio.sleep(30)
+        return "too late"
+
+    api.add_middleware(RequestAbortedMiddleware, timeout=0.05)
+    with TestClient(api, backend="trio") as client:
+        response = client.get("/slow")
+    assert response.status_code == 504
+    assert response.headers["content-type"] == "application/problem+json"
