@@ -78,8 +78,17 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def run(cmd: list[str], **kwargs: object) -> None:
-    subprocess.run(cmd, check=True, **kwargs)  # type: ignore[call-overload]
+# pip's complaint, once per package, about index directories this machine's pip.conf names but
+# does not have: a hundred lines of noise around the lines that matter.
+PIP_NOISE = "is ignored: it is neither a file nor a directory"
+
+
+def run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(
+        "".join(line for line in done.stderr.splitlines(True) if PIP_NOISE not in line)
+    )
+    done.check_returncode()
 
 
 # --- setup ---------------------------------------------------------------------------------
