@@ -14,13 +14,16 @@ subclass whose override calls ``super()``) is left alone, never given a second i
 The plugin also proves the injection happened: it counts the HTTP and WebSocket requests that
 reached a Starlette app and the ones that went through the injected middleware, per test, and
 writes the totals of this process (one per xdist worker) as JSON into ``$CONFORMANCE_COUNT_DIR``.
+Processes the tests start get the same through ``sitecustomize.py`` beside this file.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,35 +91,51 @@ def _wrap_build(original: Callable[[Any], Any], counts: Counts) -> Callable[[Any
 def _classes_that_build() -> list[type]:
     """Starlette and every app class that defines its own stack building (FastAPI)."""
     classes: list[type] = [Starlette]
-    try:
-        from fastapi import FastAPI
-    except ImportError:  # the Starlette suite's venv may lack FastAPI
-        return classes
-    if "build_middleware_stack" in vars(FastAPI):
-        classes.append(FastAPI)
+    module = sys.modules.get("fastapi.applications")
+    if module is None:
+        try:
+            import fastapi.applications as module
+        except ImportError:  # the Starlette suite's venv may lack FastAPI
+            return classes
+    # None while fastapi.applications is still being imported (it imports Starlette first).
+    fastapi = getattr(module, "FastAPI", None)
+    if fastapi is not None and "build_middleware_stack" in vars(fastapi):
+        classes.append(fastapi)
     return classes
+
+
+Patched = list[tuple[type, str, Any]]
+
+
+def _install(counts: Counts, patched: Patched) -> None:
+    """Patch what ``patched`` does not hold yet: called again, it catches up with FastAPI."""
+    classes = _classes_that_build()  # may import FastAPI, whose import may call activate()
+    done = {(cls, name) for cls, name, _ in patched}
+    CountingRequestAbortedMiddleware.counts = counts
+    for cls in classes:
+        if (cls, "build_middleware_stack") not in done:
+            original = vars(cls)["build_middleware_stack"]
+            patched.append((cls, "build_middleware_stack", original))
+            cls.build_middleware_stack = _wrap_build(original, counts)  # type: ignore[method-assign]
+    if (Starlette, "__call__") in done:
+        return
+    original_call = vars(Starlette)["__call__"]
+    patched.append((Starlette, "__call__", original_call))
+
+    async def __call__(self: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            counts.app_requests += 1
+        await original_call(self, scope, receive, send)
+
+    Starlette.__call__ = __call__  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
 def injected(counts: Counts) -> Iterator[Counts]:
     """Inject the middleware into every app built inside the block, counting into ``counts``."""
-    patched: list[tuple[type, str, Any]] = []
-    CountingRequestAbortedMiddleware.counts = counts
+    patched: Patched = []
     try:
-        for cls in _classes_that_build():
-            original = vars(cls)["build_middleware_stack"]
-            patched.append((cls, "build_middleware_stack", original))
-            cls.build_middleware_stack = _wrap_build(original, counts)  # type: ignore[method-assign]
-
-        original_call = vars(Starlette)["__call__"]
-        patched.append((Starlette, "__call__", original_call))
-
-        async def __call__(self: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] in ("http", "websocket"):
-                counts.app_requests += 1
-            await original_call(self, scope, receive, send)
-
-        Starlette.__call__ = __call__  # type: ignore[method-assign]
+        _install(counts, patched)
         yield counts
     finally:
         for cls, name, original in reversed(patched):
@@ -124,11 +143,36 @@ def injected(counts: Counts) -> Iterator[Counts]:
         CountingRequestAbortedMiddleware.counts = Counts()
 
 
+_process: tuple[Counts, Patched] | None = None
+
+
+def activate() -> Counts:
+    """Inject for the rest of this process and write its counts when it ends.
+
+    Idempotent; called again once FastAPI is imported, it patches FastAPI too.
+
+    Called by the pytest plugin, and by ``sitecustomize.py`` in the processes a test starts
+    (FastAPI's telemetry tests run apps in fresh interpreters) once they import Starlette.
+    """
+    global _process
+    if _process is None:
+        _process = (Counts(), [])
+        atexit.register(write_counts)
+    _install(*_process)
+    return _process[0]
+
+
+def write_counts() -> None:
+    """This process's counts into ``$CONFORMANCE_COUNT_DIR/<pid>.json`` (rewritten, cumulative)."""
+    directory = os.environ.get(COUNT_DIR_ENV)
+    if directory and _process is not None:
+        path = Path(directory) / f"{os.getpid()}.json"
+        path.write_text(json.dumps(asdict(_process[0])))
+
+
 class _Plugin:
     def __init__(self) -> None:
-        self.counts = Counts()
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(injected(self.counts))
+        self.counts = activate()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[None]:
@@ -145,12 +189,7 @@ class _Plugin:
                 counts.bypassed[item.nodeid] = counts.app_requests - reached - through
 
     def close(self) -> None:
-        self._stack.close()
-        directory = os.environ.get(COUNT_DIR_ENV)
-        if directory:
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-            path = Path(directory) / f"{worker}-{os.getpid()}.json"
-            path.write_text(json.dumps(asdict(self.counts)))
+        write_counts()  # now as well as at exit: an xdist worker may end without running atexit
 
 
 _PLUGIN_NAME = "conformance-inject-counter"

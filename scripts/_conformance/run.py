@@ -78,8 +78,17 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def run(cmd: list[str], **kwargs: object) -> None:
-    subprocess.run(cmd, check=True, **kwargs)  # type: ignore[call-overload]
+# pip's complaint, once per package, about index directories this machine's pip.conf names but
+# does not have: a hundred lines of noise around the lines that matter.
+PIP_NOISE = "is ignored: it is neither a file nor a directory"
+
+
+def run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(
+        "".join(line for line in done.stderr.splitlines(True) if PIP_NOISE not in line)
+    )
+    done.check_returncode()
 
 
 # --- setup ---------------------------------------------------------------------------------
@@ -256,6 +265,16 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def find_regressions(baseline: dict[str, Outcome], injected: dict[str, Outcome]) -> list[str]:
+    """Tests that pass as shipped and fail, error or are missing injected (a crashed worker)."""
+    return sorted(
+        test
+        for test, outcome in baseline.items()
+        if outcome.status == "passed"
+        and injected.get(test, Outcome("missing")).status not in ("passed", "skipped")
+    )
+
+
 def run_suite(
     python: Path, suite: str, source: Path, mode: str, workers: int, extra: list[str]
 ) -> tuple[dict[str, Outcome], dict[str, Any], float]:
@@ -380,12 +399,7 @@ def main() -> int:
             python, suite, sources[suite], "injected", args.workers, args.pytest_args
         )
 
-        regressions = sorted(
-            test
-            for test, outcome in baseline.items()
-            if outcome.status == "passed"
-            and injected.get(test, Outcome("missing")).status not in ("passed", "skipped")
-        )
+        regressions = find_regressions(baseline, injected)
         newly_skipped = sorted(
             test
             for test, outcome in baseline.items()

@@ -206,3 +206,49 @@ def test_the_pytest_plugin_writes_per_process_counts(tmp_path: Path) -> None:
         "tests_with_requests": 1,
         "bypassed": {},
     }
+
+
+def test_processes_a_test_starts_get_the_middleware_and_count_too(tmp_path: Path) -> None:
+    """FastAPI's telemetry tests run apps in fresh interpreters: sitecustomize.py injects there."""
+    script = textwrap.dedent(
+        """
+        import warnings
+        from fastapi import FastAPI  # first: it imports Starlette while it is half imported
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+        from request_aborted import request_aborted
+
+        warnings.simplefilter("ignore")  # TestClient on httpx rather than httpx2
+        from starlette.testclient import TestClient
+
+        async def hello(request):
+            return PlainTextResponse(type(request_aborted(request)).__name__)
+
+        fastapi_app = FastAPI()
+        fastapi_app.add_route("/", hello)
+        for app in (Starlette(routes=[Route("/", hello)]), fastapi_app):
+            with TestClient(app) as client:
+                assert client.get("/").text == "CancellationToken"
+        """
+    )
+    counts_dir = tmp_path / "counts"
+    counts_dir.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PLUGIN_DIR), os.environ.get("PYTHONPATH", "")]),
+        "CONFORMANCE_COUNT_DIR": str(counts_dir),
+    }
+
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [written] = counts_dir.glob("*.json")
+    counts = json.loads(written.read_text())
+    assert (counts["apps_injected"], counts["app_requests"], counts["middleware_requests"]) == (
+        2,
+        2,
+        2,
+    )
