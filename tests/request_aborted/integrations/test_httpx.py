@@ -66,7 +66,7 @@ def test_token_aborts_a_request_waiting_for_its_response_and_releases_the_socket
                 )
             raised_after = time.perf_counter() - fired[0]
             sockets = established_to(slow_server.port)
-            for _ in range(400):  # up to 2 s for the server to notice, on a loaded machine
+            for _ in range(2000):  # up to 10 s for the server to notice, on a loaded machine
                 if key in slow_server.disconnects:
                     break
                 await asyncio.sleep(0.005)
@@ -77,8 +77,8 @@ def test_token_aborts_a_request_waiting_for_its_response_and_releases_the_socket
     assert isinstance(reason, ClientDisconnected)
     # "Promptly": the server would otherwise hold the request forever. The bounds hold on a loaded
     # 2-core machine; the milliseconds are the benchmark's to measure.
-    assert raised_after < 1.0
-    assert server_saw_after < 1.0
+    assert raised_after < 3.0
+    assert server_saw_after < 3.0
     assert sockets == 0
 
 
@@ -312,7 +312,7 @@ def test_cancelling_the_caller_aborts_the_request_cleanly(
                     await client.get(
                         f"{slow_server.url}/wait?key={key}", extensions={TOKEN_EXTENSION: token}
                     )
-            for _ in range(400):  # up to 2 s for the server to notice, on a loaded machine
+            for _ in range(2000):  # up to 10 s for the server to notice, on a loaded machine
                 if key in slow_server.disconnects:
                     break
                 await asyncio.sleep(0.005)
@@ -336,7 +336,7 @@ def test_token_aborts_a_request_under_uvloop(slow_server: SlowServer, hx: Module
                     f"{slow_server.url}/wait?key={key}", extensions={TOKEN_EXTENSION: source.token}
                 )
             fired_at = time.perf_counter()
-            for _ in range(400):  # up to 2 s for the server to notice, on a loaded machine
+            for _ in range(2000):  # up to 10 s for the server to notice, on a loaded machine
                 if key in slow_server.disconnects:
                     break
                 await asyncio.sleep(0.005)
