@@ -153,7 +153,7 @@ class SalesRepository:
         async with cancellable(self._session, token):
             result = await self._session.stream(statement)
             async for partition in result.partitions():
-                yield [row._tuple() for row in partition]
+                yield [tuple(row) for row in partition]
 
 
 def _as_date(value: dt.date | str) -> dt.date:
