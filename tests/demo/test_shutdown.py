@@ -23,11 +23,20 @@ GRACE = 1.5
 
 
 def read_slowly(url: str) -> tuple[int, int]:
+    """Read the export slowly; return its status and the bytes that arrived before it ended.
+
+    The export is cut at the end of the grace period. How the cut reaches a reader depends on what
+    is still in flight: an orderly end, or, when the server's socket closes with the reader's data
+    still unread, a connection reset (seen on a loaded machine). Either way the bytes read count.
+    """
     with httpx.stream("GET", url, timeout=20) as response:
         size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            time.sleep(0.05)  # a slow reader keeps the export in flight past the grace period
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                time.sleep(0.05)  # a slow reader keeps the export in flight past the grace period
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            pass  # the cut arrived as a reset or a connection closed mid-chunk
         return response.status_code, size
 
 
