@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
 import subprocess
@@ -21,16 +22,17 @@ TABLES = ("products", "stock", "customers", "sales")
 
 
 def fingerprint(path: Path) -> str:
-    database = sqlite3.connect(path)
     digest = hashlib.sha256()
-    for table in TABLES:
-        for row in database.execute(f"SELECT * FROM {table} ORDER BY 1"):
-            digest.update(repr(row).encode())
+    with contextlib.closing(sqlite3.connect(path)) as database:
+        for table in TABLES:
+            for row in database.execute(f"SELECT * FROM {table} ORDER BY 1"):
+                digest.update(repr(row).encode())
     return digest.hexdigest()
 
 
 def count(path: Path, table: str) -> int:
-    (rows,) = sqlite3.connect(path).execute(f"SELECT count(*) FROM {table}").fetchone()
+    with contextlib.closing(sqlite3.connect(path)) as database:
+        (rows,) = database.execute(f"SELECT count(*) FROM {table}").fetchone()
     return int(rows)
 
 

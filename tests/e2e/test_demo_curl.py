@@ -12,6 +12,7 @@ tests here add the curl variants it lacks, on both databases.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -164,7 +165,7 @@ def order_count(database: Path | PostgresDatabase, customer_id: int) -> int:
     sql = "SELECT count(*) FROM orders WHERE customer_id = {}"
     if isinstance(database, PostgresDatabase):
         return int(database.query(sql.format("$1"), customer_id)[0]["count"])
-    with sqlite3.connect(database) as connection:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
         return int(connection.execute(sql.format("?"), (customer_id,)).fetchone()[0])
 
 
@@ -172,7 +173,7 @@ def stock_of(database: Path | PostgresDatabase, product_id: int) -> int:
     sql = "SELECT quantity FROM stock WHERE product_id = {}"
     if isinstance(database, PostgresDatabase):
         return int(database.query(sql.format("$1"), product_id)[0]["quantity"])
-    with sqlite3.connect(database) as connection:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
         return int(connection.execute(sql.format("?"), (product_id,)).fetchone()[0])
 
 
