@@ -90,7 +90,10 @@ def test_export_stops_reading_the_cursor_when_the_client_leaves(demo_log: Demo) 
     )
     (finished,) = named(events, "/reports/sales/export", "request.finished")
     assert finished["at"] - left_at < PROMPTLY
-    assert finished["outcome"] == "OperationCancelled"  # the next fetch was refused
+    # The token refuses the next fetch (OperationCancelled), or Starlette's StreamingResponse hears
+    # the same disconnect and ends the stream (returned): a race, both prompt; the 499 line shows
+    # the client left mid-stream.
+    assert finished["outcome"] in ("OperationCancelled", "returned")
     assert_quiet_abort(demo_log, "GET", "/reports/sales/export")
     assert demo_log.get("/healthz").json()["pool"]["in_use"] == 0  # cursor and session released
 
