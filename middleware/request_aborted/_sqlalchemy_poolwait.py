@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
 from sqlalchemy.util.concurrency import greenlet_spawn, in_greenlet
-from sqlalchemy.util.queue import Empty
+from sqlalchemy.util.queue import Empty, Full
 
 from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
 
@@ -49,9 +49,15 @@ DEADLINE_GRACE: Final = 0.05  # how long a spent budget waits for the token's ow
 class CancellableQueue:
     """Stands in for the async pool's queue; only a blocking ``get`` in a bound block differs."""
 
-    def __init__(self, inner: Any, token_of: Callable[[], CancellationToken | None]) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        token_of: Callable[[], CancellationToken | None],
+        give_back: Callable[[Any], None],
+    ) -> None:
         self.inner = inner
         self._token_of = token_of
+        self._give_back = give_back
 
     def __getattr__(self, name: str) -> Any:
         # maxsize, use_lifo, qsize(), put(), get_nowait()...: the pool's own queue answers.
@@ -101,7 +107,14 @@ class CancellableQueue:
         getter.cancel()
         cancelled = await finish(getter)
         if not getter.cancelled() and getter.exception() is None:
-            self.inner.put_nowait(getter.result())
+            record = getter.result()
+            try:
+                self.inner.put_nowait(record)
+            except Full:
+                # An overflow connection came back into the space our connection left: the pool
+                # now has one too many, so ours goes as the pool's own return would send it
+                # (closed, the overflow count lowered); dropping it lost a slot for good.
+                await greenlet_spawn(self._give_back, record)
         if cancelled is not None:
             raise cancelled
 
@@ -126,5 +139,6 @@ def make_waits_cancellable(pool: Pool, token_of: Callable[[], CancellationToken 
     if queue is None or not callable(getattr(queue, "get", None)):
         return False  # a SQLAlchemy that moved its queue: waits stay as they were
     if not isinstance(queue, CancellableQueue):
-        pool._pool = CancellableQueue(queue, token_of)  # type: ignore[assignment]
+        give_back = pool._do_return_conn  # put back, or close and lower the overflow if full
+        pool._pool = CancellableQueue(queue, token_of, give_back)  # type: ignore[assignment]
     return True

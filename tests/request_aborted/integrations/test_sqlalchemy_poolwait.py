@@ -236,3 +236,30 @@ async def _pool_serves_its_full_size(engine: AsyncEngine, size: int) -> None:
     """All ``size`` connections can be checked out at once: nothing leaked, nothing stuck."""
     async with asyncio.timeout(TOKEN_NOT_POOL), held(engine, size):
         assert checked_out(engine) == size
+
+
+def test_pool_wait_connection_taken_as_the_token_fired_goes_back_even_into_a_full_queue() -> None:
+    """The race the PostgreSQL soak hit once (a request ended with ``queue.Full``, a slot lost).
+
+    The wait took connection A as its token fired; meanwhile an overflow connection B came back
+    into the space A had left. A cannot be put back, so it must go the way the pool itself returns
+    a connection to a full queue (closed, overflow lowered), never be dropped. Driven directly: the
+    moment is a single loop turn that no scenario hits reliably.
+    """
+    from sqlalchemy.util.queue import AsyncAdaptedQueue
+
+    from request_aborted._sqlalchemy_poolwait import CancellableQueue
+
+    async def main() -> tuple[list[str], str]:
+        inner: AsyncAdaptedQueue[str] = AsyncAdaptedQueue(maxsize=1)
+        inner.put_nowait("B")  # the overflow connection, back in A's place
+        given_back: list[str] = []
+        queue = CancellableQueue(inner, lambda: None, given_back.append)
+        taken = asyncio.get_running_loop().create_task(asyncio.sleep(0, "A"))
+        await asyncio.sleep(0.01)  # the wait's own get had finished, with A
+        await queue._give_up(taken)
+        return given_back, inner.get_nowait()
+
+    given_back, queued = run(main())
+    assert given_back == ["A"]  # through the pool's own return path
+    assert queued == "B"
