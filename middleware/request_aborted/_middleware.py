@@ -285,6 +285,8 @@ class _Request(RequestChannel):
             started=self.started,
             completed=self.completed,
             body_unread=not self._body_done and _expects_body(scope),
+            server_send=self._send,
+            http_version=scope.get("http_version", "1.1"),
         )
 
     def _report(self, scope: Scope, reason: BaseException, status: int) -> None:
