@@ -12,15 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from ._exceptions import OperationCancelled
 from ._loop import TaskHandle, running_loop, wait_done
 from ._token import CancellationToken, CancellationTokenSource
-
-if TYPE_CHECKING:
-    from ._lifetime import ApplicationLifetime
 
 __all__ = ["BackgroundService", "ServiceRunner"]
 
@@ -47,17 +44,21 @@ class BackgroundService(ABC):
 
 
 class ServiceRunner:
-    """Starts, watches and stops the background services of one application run."""
+    """Starts, watches and stops the background services of one application run.
+
+    It knows nothing of the lifetime that owns it: ``stop_host`` is how a failed service asks for
+    the application to stop (``ApplicationLifetime.stop_application``).
+    """
 
     def __init__(
         self,
         services: Sequence[BackgroundService],
         stopping: CancellationToken,
-        lifetime: ApplicationLifetime,
+        stop_host: Callable[[], None],
     ) -> None:
         self._services = services
         self._stopping = stopping
-        self._lifetime = lifetime
+        self._stop_host = stop_host
         self._runs: list[tuple[BackgroundService, CancellationTokenSource, TaskHandle]] = []
 
     def start(self) -> None:
@@ -111,4 +112,4 @@ class ServiceRunner:
         logger.exception("background service %s failed", service.name)
         if service.stop_host_on_error:
             logger.info("stopping the application because %s failed", service.name)
-            self._lifetime.stop_application()
+            self._stop_host()
