@@ -304,6 +304,8 @@ def floor() -> Starlette:
 # request key -> [entered, fired, stopped] in time.monotonic() seconds (system-wide CLOCK_MONOTONIC,
 # so the client's own time.monotonic() readings are on the same clock).
 _records: dict[str, list[float | None]] = {}
+# request key -> when the server saw its connection close (``_seen``'s uvicorn protocols only).
+seen_at: dict[str, float] = {}
 
 
 def latency() -> ASGIApp:
@@ -312,6 +314,10 @@ def latency() -> ASGIApp:
     ``/stream/{key}`` does the same after the response started (one chunk sent), the case of a
     streaming response whose client goes away mid-stream. ``/raw-wait/{key}`` and
     ``/raw-stream/{key}`` are the control, served in front of Starlette and the middleware.
+    ``/plaintext-token`` (the (c) endpoint of ``bench_overhead.py``) is the load wrk puts on the
+    server while it measures under throughput load. ``/records`` answers
+    ``{key: [entered, fired, stopped, seen]}``, *seen* being ``None`` unless the server runs
+    ``_seen``'s protocols.
     """
     from request_aborted import RequestAbortedMiddleware, request_aborted
 
@@ -350,13 +356,15 @@ def latency() -> ASGIApp:
         return StreamingResponse(body(), media_type="text/plain")
 
     async def records(request: Request) -> Response:
-        found = dict(_records)
+        found = {key: [*record, seen_at.get(key)] for key, record in _records.items()}
         _records.clear()
+        seen_at.clear()
         return JSONResponse(found)
 
     app = Starlette(
         routes=[
             Route("/plaintext", plaintext),
+            *_token_routes(),
             Route("/wait/{key}", wait),
             Route("/stream/{key}", stream),
             Route("/records", records),
