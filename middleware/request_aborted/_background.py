@@ -9,7 +9,6 @@ its traceback and, as in .NET 6 and later, stops the host unless the service opt
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -93,8 +92,6 @@ class ServiceRunner:
     async def _execute(self, service: BackgroundService, token: CancellationToken) -> None:
         try:
             await service.execute(token)
-        except asyncio.CancelledError:
-            raise
         except OperationCancelled:  # deliberate: how a service that honours its token stops
             if not token.is_cancellation_requested:
                 self._failed(service)
