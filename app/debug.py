@@ -187,9 +187,11 @@ def _coroutine_name(task: asyncio.Task[Any]) -> str:
 
 
 def _file_descriptors() -> dict[str, Any]:
-    """Open descriptors by kind; sockets also by peer (``inbound:<our port>``, or the remote
-    address)."""
+    """Open descriptors by kind; regular files also by path (a pooled SQLite connection holds
+    the database and its WAL files open); sockets also by peer (``inbound:<our port>``, or the
+    remote address)."""
     kinds: Counter[str] = Counter()
+    files: Counter[str] = Counter()
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:  # not Linux: nothing to show
@@ -199,9 +201,13 @@ def _file_descriptors() -> dict[str, Any]:
             target = os.readlink(f"/proc/self/fd/{name}")
         except OSError:  # the descriptor listdir used, already closed
             continue
-        kinds[target.split(":")[0] if ":" in target else "file"] += 1
+        if ":" in target:
+            kinds[target.split(":")[0]] += 1
+        else:
+            kinds["file"] += 1
+            files[target] += 1
     return {"total": sum(kinds.values()), "by_kind": dict(sorted(kinds.items())),
-            "sockets": _sockets()}  # fmt: skip
+            "files": dict(sorted(files.items())), "sockets": _sockets()}  # fmt: skip
 
 
 def _sockets() -> dict[str, Any] | None:

@@ -12,14 +12,19 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from request_aborted import OperationCancelled, request_aborted
-from services import Conflict, InvalidInput, NotFound, PayloadTooLarge, ServiceError
+from services import (
+    Conflict,
+    DatabaseUnavailable,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+)
 
 __all__ = ["EXCEPTION_HANDLERS", "BadRequest", "problem"]
 
@@ -80,29 +85,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unavailable(request: Request, exc: Exception) -> Response:
     """The database is down, restarting or saturated: the client may retry; nothing is broken.
 
+    Which driver errors mean that is the repositories' business (``DatabaseUnavailable``).
     Registered per exception class, so Starlette answers it from ``ExceptionMiddleware`` and
     does not re-raise it to the server (as it does for the catch-all ``Exception`` handler).
     """
     _raise_if_fallout(request, exc)
-    logger.warning("%s %s: database unavailable: %s", request.method, request.url.path,
-                   str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # fmt: skip
+    logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
     response = problem(503, "the database is unavailable right now; try again shortly")
     response.headers["retry-after"] = "1"
     return response
-
-
-# SQLSTATE classes that say "the server is not there for you right now": connection exceptions
-# (08) and operator intervention (57: admin shutdown, cannot connect now, ...).
-_UNAVAILABLE_SQLSTATE = ("08", "57")
-
-
-async def _database_error(request: Request, exc: Exception) -> Response:
-    """A driver error: unavailability is a 503, anything else is a bug (500)."""
-    assert isinstance(exc, DBAPIError)
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    if exc.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE):
-        return await _unavailable(request, exc)
-    return await _unexpected(request, exc)
 
 
 def _raise_if_fallout(request: Request, exc: Exception) -> None:
@@ -123,11 +114,6 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: Mapping[Any, Any] = {
     ServiceError: _service_error,
     HTTPException: _http_error,
-    # Connection refused or lost, pool exhausted: asyncpg's OSErrors, SQLAlchemy's wrappers.
-    ConnectionError: _unavailable,
-    OperationalError: _unavailable,
-    InterfaceError: _unavailable,
-    PoolTimeout: _unavailable,
-    DBAPIError: _database_error,
-    Exception: _unexpected,
+    DatabaseUnavailable: _unavailable,
+    Exception: _unexpected,  # any other driver error too: a bug
 }

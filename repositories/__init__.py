@@ -2,13 +2,15 @@
 
 Every method that does I/O takes the request's ``CancellationToken`` as its last parameter and
 binds it to the work (``cancellable(session, token)`` for SQL), so a statement stops on the
-database server the moment the client that asked for it leaves.
+database server the moment the client that asked for it leaves. A database that cannot serve is
+``DatabaseUnavailable``, whichever driver said so and however (``errors.py``).
 """
 
 from __future__ import annotations
 
 from .database import Database as Database
 from .database import PoolStatus as PoolStatus
+from .errors import DatabaseUnavailable as DatabaseUnavailable
 from .orders import OrderLine as OrderLine
 from .products import ProductHit as ProductHit
 from .recommendations import RecommendationsClient as RecommendationsClient
@@ -26,6 +28,7 @@ __all__ = [
     "EXPORT_COLUMNS",
     "DailySales",
     "Database",
+    "DatabaseUnavailable",
     "ExportRow",
     "OrderLine",
     "PoolStatus",

@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool, QueuePool
 from request_aborted import CancellationToken
 from request_aborted.sqlalchemy import cancellable, install_cancellation
 
+from .errors import translate_unavailable
 from .models import Base, Product
 from .pooling import pooler_options
 from .unit_of_work import UnitOfWork
@@ -43,14 +44,11 @@ class PoolStatus:
 class Database:
     """Owns the engine; ``unit_of_work()`` hands out one session's worth of repositories."""
 
-    def __init__(
-        self, url: str, *, pool_size: int = 5, pool_timeout: float = 30.0, echo: bool = False
-    ) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, pool_timeout: float = 30.0) -> None:
         options: dict[str, Any] = {
             "pool_size": pool_size,
             "max_overflow": pool_size,
             "pool_timeout": pool_timeout,
-            "echo": echo,
         }
         pooler = pooler_options(make_url(url))
         parsed = pooler.url
@@ -84,26 +82,32 @@ class Database:
         """One session: what is not committed before the block ends is rolled back.
 
         Opening it does no I/O (the connection is checked out by the first statement), which is
-        why it takes no token: every repository method does, and so does ``commit``.
+        why it takes no token: every repository method does, and so does ``commit``. A database
+        that cannot serve, whichever statement (or the closing) finds out, is
+        ``DatabaseUnavailable``.
         """
-        async with self._sessions() as session:
-            yield UnitOfWork(session)
+        with translate_unavailable():
+            async with self._sessions() as session:
+                yield UnitOfWork(session)
 
     async def create_schema(self, token: CancellationToken) -> None:
         """Create missing tables (a demo has no migrations)."""
-        async with self.engine.begin() as connection, cancellable(connection, token):
-            await connection.run_sync(Base.metadata.create_all)
+        with translate_unavailable():
+            async with self.engine.begin() as connection, cancellable(connection, token):
+                await connection.run_sync(Base.metadata.create_all)
 
     async def is_empty(self, token: CancellationToken) -> bool:
         """Whether the shop has no products yet, i.e. the database needs seeding."""
-        async with self.engine.connect() as connection, cancellable(connection, token):
-            count = await connection.scalar(select(func.count()).select_from(Product))
+        with translate_unavailable():
+            async with self.engine.connect() as connection, cancellable(connection, token):
+                count = await connection.scalar(select(func.count()).select_from(Product))
         return not count
 
     async def ping(self, token: CancellationToken) -> None:
-        """One round trip on a fresh connection; raises if the database cannot be reached."""
-        async with self._probe.connect() as connection, cancellable(connection, token):
-            await connection.execute(text("SELECT 1"))
+        """One round trip on a fresh connection; ``DatabaseUnavailable`` if it cannot be had."""
+        with translate_unavailable():
+            async with self._probe.connect() as connection, cancellable(connection, token):
+                await connection.execute(text("SELECT 1"))
 
     def pool_status(self) -> PoolStatus:
         pool = self.engine.pool

@@ -1,10 +1,10 @@
-"""``report_summaries``: finished reports kept for cheap reads, refreshed in the background."""
+"""``report_summaries``: the latest finished report, stored by the background refresh."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from request_aborted import CancellationToken
@@ -16,7 +16,7 @@ __all__ = ["SummaryRepository"]
 
 
 class SummaryRepository:
-    """Writes and reads ``report_summaries`` within one session."""
+    """Writes ``report_summaries`` within one session."""
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -43,14 +43,3 @@ class SummaryRepository:
                 )
             )
             await self._session.flush()
-
-    async def latest(self, report: str, token: CancellationToken) -> ReportSummary | None:
-        """The newest stored summary of ``report``, if any."""
-        statement = (
-            select(ReportSummary)
-            .where(ReportSummary.report == report)
-            .order_by(ReportSummary.generated_at.desc(), ReportSummary.id.desc())
-            .limit(1)
-        )
-        async with cancellable(self._session, token):
-            return (await self._session.scalars(statement)).first()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .data_sync import DataSyncService as DataSyncService
 from .errors import Conflict as Conflict
+from .errors import DatabaseUnavailable as DatabaseUnavailable
 from .errors import InvalidInput as InvalidInput
 from .errors import NotFound as NotFound
 from .errors import PayloadTooLarge as PayloadTooLarge
@@ -19,20 +20,26 @@ from .health import HealthService as HealthService
 from .orders import LineRequest as LineRequest
 from .orders import OrdersService as OrdersService
 from .orders import PlacedOrder as PlacedOrder
+from .reports import EXPORT_COLUMNS as EXPORT_COLUMNS
 from .reports import REPORTS as REPORTS
+from .reports import DailySales as DailySales
 from .reports import Period as Period
 from .reports import ReportsService as ReportsService
 from .reports import SalesReport as SalesReport
+from .search import ProductHit as ProductHit
 from .search import SearchResult as SearchResult
 from .search import SearchService as SearchService
 from .statistics import CategorySummary as CategorySummary
 from .uploads import UploadsService as UploadsService
 
 __all__ = [
+    "EXPORT_COLUMNS",
     "REPORTS",
     "CategorySummary",
     "Conflict",
+    "DailySales",
     "DataSyncService",
+    "DatabaseUnavailable",
     "Health",
     "HealthService",
     "InvalidInput",
@@ -42,6 +49,7 @@ __all__ = [
     "PayloadTooLarge",
     "Period",
     "PlacedOrder",
+    "ProductHit",
     "ReportsService",
     "SalesReport",
     "SearchResult",

@@ -14,7 +14,7 @@ import json
 import logging
 
 from repositories import Database
-from request_aborted import BackgroundService, CancellationToken, OperationCancelled
+from request_aborted import BackgroundService, CancellationToken
 
 from .reports import Period, ReportsService, SalesReport
 
@@ -43,8 +43,6 @@ class DataSyncService(BackgroundService):
                 await asyncio.sleep(self._interval)
             try:
                 await self.refresh(stopping_token)
-            except OperationCancelled:
-                raise
             except Exception as error:  # the database may be restarting: try again next time
                 logger.warning("sales summary refresh failed, retrying in %gs: %r",
                                self._interval, error)  # fmt: skip

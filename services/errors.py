@@ -3,11 +3,22 @@
 Services know nothing of HTTP. ``app/problems.py`` turns these into problem+json responses with
 the right status; cancellation is *not* among them, because it is not an error: it travels up as
 ``OperationCancelled`` and the middleware ends the request (499 for a client that left).
+``DatabaseUnavailable`` is the repositories' word for a database that cannot serve right now; the
+services pass it on as it is (it is no refusal of theirs), and the edge answers 503.
 """
 
 from __future__ import annotations
 
-__all__ = ["Conflict", "InvalidInput", "NotFound", "PayloadTooLarge", "ServiceError"]
+from repositories import DatabaseUnavailable
+
+__all__ = [
+    "Conflict",
+    "DatabaseUnavailable",
+    "InvalidInput",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceError",
+]
 
 
 class ServiceError(Exception):

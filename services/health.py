@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 from repositories import Database, PoolStatus, RecommendationsClient
 from request_aborted import CancellationToken, CancellationTokenSource, OperationCancelled
@@ -29,14 +30,13 @@ class Health:
 
 
 class HealthService:
-    """Probes the database and the recommendations upstream."""
+    """Probes the database and the recommendations upstream, each within ``PROBE_TIMEOUT``."""
 
-    def __init__(
-        self, database: Database, upstream: RecommendationsClient, *, timeout: float = 2.0
-    ) -> None:
+    PROBE_TIMEOUT: Final = 2.0
+
+    def __init__(self, database: Database, upstream: RecommendationsClient) -> None:
         self._database = database
         self._upstream = upstream
-        self._timeout = timeout
 
     async def check(self, token: CancellationToken) -> Health:
         database = await self._probe(self._database.ping, token)
@@ -45,7 +45,7 @@ class HealthService:
 
     async def _probe(self, ping: Ping, token: CancellationToken) -> str:
         """``"ok"``, ``"timeout"`` or ``"error: ..."``; re-raises if the request itself ended."""
-        with CancellationTokenSource.linked(token, timeout=self._timeout) as budget:
+        with CancellationTokenSource.linked(token, timeout=self.PROBE_TIMEOUT) as budget:
             try:
                 await ping(budget.token)
             except OperationCancelled:  # deliberate: our own budget, not the request's

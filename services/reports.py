@@ -14,13 +14,14 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from repositories import DailySales, Database, ExportRow
+from repositories import EXPORT_COLUMNS, DailySales, Database, ExportRow
 from request_aborted import CancellationToken
 
 from .errors import InvalidInput, NotFound
 from .statistics import CategorySummary, summarise
 
-__all__ = ["REPORTS", "Period", "ReportsService", "SalesReport"]
+# The repository's row types are part of the reports' results: handlers see them from here.
+__all__ = ["EXPORT_COLUMNS", "REPORTS", "DailySales", "Period", "ReportsService", "SalesReport"]
 
 REPORTS = ("sales",)
 DEFAULT_DAYS = 90

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from repositories import Database, ProductHit, RecommendationsClient, RecommendationsUnavailable
 from request_aborted import CancellationToken, CancellationTokenSource, OperationCancelled
 
-__all__ = ["SearchResult", "SearchService"]
+__all__ = ["ProductHit", "SearchResult", "SearchService"]  # ProductHit: part of the result
 
 
 @dataclass(frozen=True, slots=True)

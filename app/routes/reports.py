@@ -10,9 +10,8 @@ from contextlib import aclosing
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from repositories import EXPORT_COLUMNS, DailySales
 from request_aborted import CancellationToken, request_timeout
-from services import CategorySummary, Period
+from services import EXPORT_COLUMNS, CategorySummary, DailySales, Period
 
 from ..container import Services, services
 from .params import date_param

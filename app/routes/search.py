@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from repositories import ProductHit
 from request_aborted import CancellationToken
+from services import ProductHit
 
 from ..container import services
 from .params import int_param, text_param

@@ -38,10 +38,10 @@ class _Server(uvicorn.Server):
 class EmbeddedServer:
     """A uvicorn server task on 127.0.0.1 and a free port; ``async with`` starts and stops it."""
 
-    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, 0))  # bound now, so the port cannot be taken in between
+        self._socket.bind(("127.0.0.1", 0))  # bound now, so the port cannot be taken in between
         self.host, self.port = self._socket.getsockname()[:2]
         config = uvicorn.Config(
             app, lifespan="off", access_log=False, log_config=None, log_level=None

@@ -26,8 +26,8 @@ from typing import Any, Final
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 
-from ._context import lifetime_of, scope_token
-from ._lifetime import ApplicationLifetime
+from ._context import scope_token
+from ._lifetime import ApplicationLifetime, lifetime_of
 from ._token import CancellationToken
 
 __all__ = ["inject"]

@@ -22,15 +22,12 @@ from ._token import CancellationToken
 if TYPE_CHECKING:
     from starlette.types import Scope
 
-    from ._lifetime import ApplicationLifetime
-
 __all__ = [
     "NOT_INSTALLED",
     "SCOPE_KEY",
     "RequestContext",
     "current_request",
     "current_token",
-    "lifetime_of",
     "request_aborted",
     "scope_token",
 ]
@@ -123,10 +120,3 @@ def scope_token(scope: Scope) -> CancellationToken:
     except KeyError:
         raise RuntimeError(NOT_INSTALLED) from None
     return token
-
-
-def lifetime_of(scope: Scope) -> ApplicationLifetime | None:
-    """The ``ApplicationLifetime`` wrapping the app's lifespan, as the server copied it from the
-    lifespan state into this request's ``scope["state"]``; ``None`` without one."""
-    lifetime: ApplicationLifetime | None = scope.get("state", {}).get(LIFETIME_KEY)
-    return lifetime

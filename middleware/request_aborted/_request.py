@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from starlette.types import Message, Receive, Scope, Send
 
-from ._context import SCOPE_KEY, lifetime_of
+from ._context import SCOPE_KEY
 from ._edge import end_response, is_closed_transport, is_fallout, log_abort, status_for
 from ._exceptions import (
     ClientDisconnected,
@@ -42,6 +42,7 @@ from ._exceptions import (
     ServerShuttingDown,
     describe,
 )
+from ._lifetime import lifetime_of
 from ._loop import Loop, call_in_loop
 from ._registration import Registration
 from ._scope import TokenScope

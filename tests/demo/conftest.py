@@ -8,6 +8,7 @@ writes a template SQLite file at the demo's default size - the size at which ``G
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -112,3 +113,17 @@ def demo_log(demo: Demo) -> Demo:
     """The session's demo, with its log read from the start of this test."""
     demo.mark_log()
     return demo
+
+
+@pytest.fixture
+def shop_db(demo_log: Demo) -> Iterator[sqlite3.Connection]:
+    """The demo's SQLite file, opened beside the server (autocommit), closed after the test.
+
+    Closed explicitly: ``with sqlite3.connect(...)`` only commits, and Python 3.13 warns
+    (``ResourceWarning``) about every connection left to the garbage collector.
+    """
+    connection = sqlite3.connect(demo_log.database, isolation_level=None)
+    try:
+        yield connection
+    finally:
+        connection.close()

@@ -119,14 +119,13 @@ def test_partial_upload_is_removed_when_the_client_leaves(demo_log: Demo) -> Non
     assert_quiet_abort(demo_log, "POST", "/uploads")
 
 
-def test_order_cancelled_before_commit_leaves_nothing_behind(demo_log: Demo) -> None:
-    database = sqlite3.connect(demo_log.database, isolation_level=None)
-    (stock_before,) = database.execute(
-        "SELECT quantity FROM stock WHERE product_id = 17"
-    ).fetchone()
+def test_order_cancelled_before_commit_leaves_nothing_behind(
+    demo_log: Demo, shop_db: sqlite3.Connection
+) -> None:
+    (stock_before,) = shop_db.execute("SELECT quantity FROM stock WHERE product_id = 17").fetchone()
     since = len(demo_log.events())
     # Another writer holds SQLite's write lock, so the order's INSERT waits for it.
-    database.execute("BEGIN IMMEDIATE")
+    shop_db.execute("BEGIN IMMEDIATE")
     try:
         body = json.dumps({"customer_id": 42, "items": [{"product_id": 17, "quantity": 1}]})
         client = open_request(
@@ -146,13 +145,13 @@ def test_order_cancelled_before_commit_leaves_nothing_behind(demo_log: Demo) -> 
         # What matters is the outcome: the transaction is rolled back, not committed.
         time.sleep(0.3)
     finally:
-        database.execute("ROLLBACK")
+        shop_db.execute("ROLLBACK")
 
     assert_quiet_abort(demo_log, "POST", "/orders")
     events = demo_log.events(since)
     assert named(events, "/orders", "request.finished")[0]["outcome"] == "OperationCancelled"
-    assert database.execute("SELECT count(*) FROM orders WHERE customer_id = 42").fetchone() == (0,)
-    (stock_after,) = database.execute("SELECT quantity FROM stock WHERE product_id = 17").fetchone()
+    assert shop_db.execute("SELECT count(*) FROM orders WHERE customer_id = 42").fetchone() == (0,)
+    (stock_after,) = shop_db.execute("SELECT quantity FROM stock WHERE product_id = 17").fetchone()
     assert stock_after == stock_before
 
 

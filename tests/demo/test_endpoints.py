@@ -14,7 +14,7 @@ import sqlite3
 import httpx
 import pytest
 
-from repositories import EXPORT_COLUMNS
+from services import EXPORT_COLUMNS
 
 from ._support import Demo, assert_no_traceback, open_request, read_response
 
@@ -87,9 +87,8 @@ def test_export_of_a_period_without_sales_is_the_header_row(demo_log: Demo) -> N
     assert response.text.splitlines() == [",".join(EXPORT_COLUMNS)]
 
 
-def test_order_is_placed_and_takes_stock(demo_log: Demo) -> None:
-    database = sqlite3.connect(demo_log.database)
-    (before,) = database.execute("SELECT quantity FROM stock WHERE product_id = 11").fetchone()
+def test_order_is_placed_and_takes_stock(demo_log: Demo, shop_db: sqlite3.Connection) -> None:
+    (before,) = shop_db.execute("SELECT quantity FROM stock WHERE product_id = 11").fetchone()
 
     response = demo_log.post(
         "/orders", json={"customer_id": 3, "items": [{"product_id": 11, "quantity": 2}]}
@@ -99,23 +98,24 @@ def test_order_is_placed_and_takes_stock(demo_log: Demo) -> None:
     order = response.json()
     assert order["items"][0]["quantity"] == 2
     assert order["total"] == round(2 * order["items"][0]["unit_price"], 2)
-    (after,) = database.execute("SELECT quantity FROM stock WHERE product_id = 11").fetchone()
+    (after,) = shop_db.execute("SELECT quantity FROM stock WHERE product_id = 11").fetchone()
     assert after == before - 2
-    (items,) = database.execute(
+    (items,) = shop_db.execute(
         "SELECT count(*) FROM order_items WHERE order_id = ?", (order["id"],)
     ).fetchone()
     assert items == 1
 
 
-def test_order_beyond_stock_is_a_conflict_and_changes_nothing(demo_log: Demo) -> None:
-    database = sqlite3.connect(demo_log.database)
-    (orders_before,) = database.execute("SELECT count(*) FROM orders").fetchone()
+def test_order_beyond_stock_is_a_conflict_and_changes_nothing(
+    demo_log: Demo, shop_db: sqlite3.Connection
+) -> None:
+    (orders_before,) = shop_db.execute("SELECT count(*) FROM orders").fetchone()
     items = [{"product_id": p, "quantity": 100} for p in range(100, 115)]
 
     response = demo_log.post("/orders", json={"customer_id": 4, "items": items})
 
     assert_problem(response, 409, "not enough stock")
-    (orders_after,) = database.execute("SELECT count(*) FROM orders").fetchone()
+    (orders_after,) = shop_db.execute("SELECT count(*) FROM orders").fetchone()
     assert orders_after == orders_before
 
 
