@@ -364,6 +364,8 @@ class HttpRequest(CancellationTokenSource):
             started=self.started,
             completed=self.completed,
             body_unread=not self.body_done and _expects_body(scope),
+            server_send=self._send,
+            http_version=scope.get("http_version", "1.1"),
         )
 
     def _report(self, scope: Scope, reason: BaseException, status: int) -> None:
