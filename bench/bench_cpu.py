@@ -370,6 +370,27 @@ async def measure(
             variant.requests += requests
 
 
+async def profile(found: list[Variant], key: str, requests: int, concurrency: int) -> str:
+    """Where one variant's time goes: cProfile over ``requests`` requests, top 30 by own time."""
+    import cProfile
+    import io
+    import pstats
+
+    variant = next((variant for variant in found if variant.key == key), None)
+    if variant is None:
+        raise SystemExit(f"--profile {key}: not among the variants measured")
+    asyncio.get_running_loop().set_task_factory(_TaskCounter())  # type: ignore[arg-type]
+    await _batch(variant.app, 1000, concurrency)  # warm-up
+    profiler = cProfile.Profile()
+    profiler.enable()
+    await _batch(variant.app, requests, concurrency)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(30)
+    return f"{variant.label}, {requests} requests under cProfile:\n{out.getvalue()}"
+
+
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if name == "uvloop":
         import uvloop
@@ -525,6 +546,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
+        "--profile",
+        metavar="VARIANT",
+        help="instead of measuring, run 10 x --requests requests of VARIANT under cProfile and "
+        "print where the time went (cProfile's own cost inflates small functions)",
+    )
+    parser.add_argument(
         "--write", action="store_true", help="also record the tables in bench/results/overhead.md"
     )
     args = parser.parse_args(argv)
@@ -533,6 +560,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     candidates = [load_candidate(number, folder) for number, folder in enumerate(args.candidate, 1)]
     found = variants(args.only.split(",") if args.only else None, candidates)
     runner = asyncio.Runner(loop_factory=_loop_factory(args.loop))
+    if args.profile:
+        with runner:
+            print(runner.run(profile(found, args.profile, args.requests * 10, args.concurrency)))
+        return
     with runner:
         runner.run(
             measure(

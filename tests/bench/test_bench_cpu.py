@@ -87,3 +87,11 @@ def test_a_candidate_folder_without_the_package_is_refused(tmp_path: Path) -> No
     )
     assert done.returncode != 0
     assert "imported from" in done.stderr
+
+
+def test_profile_names_where_one_variants_time_went_instead_of_measuring() -> None:
+    text = run("--profile", "c")
+    assert text.startswith("(c) the middleware")
+    assert "Ordered by: internal time" in text
+    assert "request_aborted" in text
+    assert "| difference" not in text
