@@ -50,6 +50,7 @@ def test_json_has_a_cost_per_variant_and_each_difference_with_its_goal() -> None
         "requests": 5,
         "concurrency": 1,
         "loop": "uvloop",
+        "endpoint": "plaintext",
         "candidates": [],
     }
 
@@ -95,3 +96,9 @@ def test_profile_names_where_one_variants_time_went_instead_of_measuring() -> No
     assert "Ordered by: internal time" in text
     assert "request_aborted" in text
     assert "| difference" not in text
+
+
+def test_the_json_family_is_measured_with_the_same_variants() -> None:
+    found = json.loads(run("--json", "--endpoint", "json"))
+    assert set(found["variants"]) == VARIANTS
+    assert found["settings"]["endpoint"] == "json"
