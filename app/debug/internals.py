@@ -116,7 +116,7 @@ def _file_descriptors() -> dict[str, Any]:
 
 def _sockets() -> dict[str, Any] | None:
     try:
-        import psutil  # a test dependency: the demo itself does not need it
+        import psutil  # type: ignore[import-untyped]  # a test dependency, not the demo's
     except ImportError:
         return None
     connections = psutil.Process().net_connections(kind="inet")
