@@ -9,18 +9,14 @@ its traceback and, as in .NET 6 and later, stops the host unless the service opt
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from ._exceptions import OperationCancelled
 from ._loop import TaskHandle, running_loop, wait_done
 from ._token import CancellationToken, CancellationTokenSource
-
-if TYPE_CHECKING:
-    from ._lifetime import ApplicationLifetime
 
 __all__ = ["BackgroundService", "ServiceRunner"]
 
@@ -47,17 +43,21 @@ class BackgroundService(ABC):
 
 
 class ServiceRunner:
-    """Starts, watches and stops the background services of one application run."""
+    """Starts, watches and stops the background services of one application run.
+
+    It knows nothing of the lifetime that owns it: ``stop_host`` is how a failed service asks for
+    the application to stop (``ApplicationLifetime.stop_application``).
+    """
 
     def __init__(
         self,
         services: Sequence[BackgroundService],
         stopping: CancellationToken,
-        lifetime: ApplicationLifetime,
+        stop_host: Callable[[], None],
     ) -> None:
         self._services = services
         self._stopping = stopping
-        self._lifetime = lifetime
+        self._stop_host = stop_host
         self._runs: list[tuple[BackgroundService, CancellationTokenSource, TaskHandle]] = []
 
     def start(self) -> None:
@@ -92,8 +92,6 @@ class ServiceRunner:
     async def _execute(self, service: BackgroundService, token: CancellationToken) -> None:
         try:
             await service.execute(token)
-        except asyncio.CancelledError:
-            raise
         except OperationCancelled:  # deliberate: how a service that honours its token stops
             if not token.is_cancellation_requested:
                 self._failed(service)
@@ -111,4 +109,4 @@ class ServiceRunner:
         logger.exception("background service %s failed", service.name)
         if service.stop_host_on_error:
             logger.info("stopping the application because %s failed", service.name)
-            self._lifetime.stop_application()
+            self._stop_host()

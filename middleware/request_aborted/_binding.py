@@ -26,8 +26,8 @@ from typing import Any, Final
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 
-from ._context import LIFETIME_KEY, scope_token
-from ._lifetime import ApplicationLifetime
+from ._context import scope_token
+from ._lifetime import ApplicationLifetime, lifetime_of
 from ._token import CancellationToken
 
 __all__ = ["inject"]
@@ -158,7 +158,7 @@ def _token(request: Request) -> CancellationToken:
 
 
 def _lifetime(request: Request) -> ApplicationLifetime:
-    lifetime: ApplicationLifetime | None = request.scope.get("state", {}).get(LIFETIME_KEY)
+    lifetime = lifetime_of(request.scope)
     if lifetime is None:
         raise RuntimeError(
             "no ApplicationLifetime: wrap the app's lifespan with "

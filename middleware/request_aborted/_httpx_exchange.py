@@ -23,8 +23,9 @@ import contextvars
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
+from request_aborted import CancellationToken, OperationCancelled
 
+from ._budget import budget_spent, deadline_reason
 from ._httpx_abort import RequestAbort, current_abort
 from ._loop import asyncio_only, call_in_loop
 
@@ -32,7 +33,6 @@ __all__ = ["Exchange"]
 
 T = TypeVar("T")
 UNWIND: Final = 0.25  # a shut-down socket fails its read at once; this is only a safety cap
-DEADLINE_GRACE: Final = 0.05
 _END: Final = object()
 
 
@@ -102,21 +102,13 @@ class Exchange:
             yield chunk
 
     async def _translate(self, error: BaseException) -> BaseException:
-        reason = self._token.reason
-        if reason is None and isinstance(error, self._timeout_error):
-            reason = await self._deadline_reason()
+        token = self._token
+        reason = token.reason
+        if reason is None and isinstance(error, self._timeout_error) and budget_spent(token):
+            reason = await deadline_reason(token)  # we capped the timeout to the budget
         if reason is None:
             return error
         return OperationCancelled(reason)
-
-    async def _deadline_reason(self) -> BaseException | None:
-        """A timeout we capped to the token's budget is the token's deadline, not a slow peer."""
-        remaining = self._token.remaining()
-        if remaining is None or remaining > 0.005:
-            return None
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(self._fired), DEADLINE_GRACE)
-        return DeadlineExceeded()
 
     def _stop(self, task: asyncio.Task[Any]) -> None:
         if self._on_abort is not None:

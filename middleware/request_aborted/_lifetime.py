@@ -39,10 +39,10 @@ from typing import Any, Final
 from ._background import BackgroundService, ServiceRunner
 from ._context import LIFETIME_KEY
 from ._exceptions import ServerShuttingDown
-from ._loop import Handle, Loop, is_current, running_loop
+from ._loop import Handle, Loop, call_in_loop, running_loop
 from ._token import CancellationToken, CancellationTokenSource
 
-__all__ = ["LIFETIME_KEY", "ApplicationLifetime", "Lifespan"]
+__all__ = ["LIFETIME_KEY", "ApplicationLifetime", "Lifespan", "lifetime_of"]
 
 logger = logging.getLogger("request_aborted.lifetime")
 _SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
@@ -159,11 +159,17 @@ class ApplicationLifetime:
             self.begin_shutdown()
 
     def begin_shutdown(self) -> None:
-        """Phase 1 now, phase 2 after the grace period; a second call starts phase 2 at once."""
+        """Phase 1 now, phase 2 after the grace period; a second call starts phase 2 at once.
+
+        Safe from any thread: the shutdown itself runs on the application's loop.
+        """
         loop = self._loop
-        if loop is not None and not is_current(loop):
-            loop.call_soon_threadsafe(self.begin_shutdown)
-            return
+        if loop is None:
+            self._begin_shutdown()
+        else:
+            call_in_loop(loop, self._begin_shutdown)
+
+    def _begin_shutdown(self) -> None:
         if self._phase in (_Phase.STOPPING, _Phase.DRAINING, _Phase.STOPPED):
             if self._phase is _Phase.STOPPING:
                 logger.info("second shutdown request: aborting requests still in flight now")
@@ -211,7 +217,9 @@ class ApplicationLifetime:
                     state.update(inner_state or {})
                 state[LIFETIME_KEY] = self
                 if self._phase is _Phase.STARTING:
-                    self._runner = ServiceRunner(self._services, self._stopping.token, self)
+                    self._runner = ServiceRunner(
+                        self._services, self._stopping.token, self.stop_application
+                    )
                     self._runner.start()
                     self._phase = _Phase.STARTED
                     self._started.cancel("application started")
@@ -293,3 +301,9 @@ class ApplicationLifetime:
 
     def __repr__(self) -> str:
         return f"<ApplicationLifetime [{self._phase.value}] grace={self.grace:g}s>"
+
+
+def lifetime_of(scope: Mapping[str, Any]) -> ApplicationLifetime | None:
+    """The ``ApplicationLifetime`` whose lifespan put itself in the request's state, if any."""
+    lifetime = scope.get("state", {}).get(LIFETIME_KEY)
+    return lifetime if isinstance(lifetime, ApplicationLifetime) else None

@@ -22,12 +22,20 @@ The rules are Kestrel's:
   rate. A handler that is slow to read is never the client's fault.
 
 Off unless configured: a request of a middleware without rates never reaches this module.
-Closing the connection: on uvicorn (whose ``send`` belongs to an object with an asyncio
-``transport``) the transport is aborted, which also ends a ``send()`` blocked in backpressure, so
-nothing stays behind; elsewhere the blocked ``send()`` is cancelled and raises
-``OperationCancelled``, and the server closes the connection when the client reads or leaves.
-HTTP/2 and HTTP/3 connections are never aborted (they carry other requests' streams): the blocked
-``send()`` is cancelled, as elsewhere.
+
+Closing the connection is a server fast path with a generic fallback:
+
+* **uvicorn (the fast path)**: the connection's transport is aborted, which also ends a
+  ``send()`` blocked in backpressure, so nothing stays behind. ASGI offers no way to reach the
+  connection, so ``uvicorn_transport`` reads uvicorn's internals: the ``transport`` attribute of
+  its request cycle. It matches that shape rather than uvicorn's class names, and
+  ``tests/request_aborted/middleware/test_rates_uvicorn.py`` runs it against every installed
+  uvicorn HTTP implementation and event loop, so the release that stops matching fails a test
+  instead of silently taking the fallback.
+* **everywhere else (the fallback)**, and on HTTP/2 and HTTP/3 connections (they carry other
+  requests' streams, so they are never aborted): the blocked ``send()`` is cancelled and raises
+  ``OperationCancelled``, and the server closes the connection when the client reads or leaves.
+
 Under trio the timer runs and the token fires, but a ``send()`` blocked on the client is left to
 the server (there is no asyncio task to cancel, nor uvicorn transport to abort).
 """
@@ -37,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._exceptions import ClientTooSlow, OperationCancelled
 from ._loop import Handle, Loop, running_loop
@@ -45,7 +53,7 @@ from ._loop import Handle, Loop, running_loop
 if TYPE_CHECKING:
     from starlette.types import Message, Scope, Send
 
-__all__ = ["MinDataRate", "RateWatch", "Transfer"]
+__all__ = ["MinDataRate", "RateWatch", "Transfer", "uvicorn_transport"]
 
 _HTTP1 = ("1.0", "1.1")
 
@@ -262,24 +270,38 @@ class RateWatch:
 
 
 def abort_transport(server_send: Send, task: asyncio.Task[object] | None) -> bool:
-    """Drop the connection under the request at once, if the server lets us find it.
+    """Drop the connection under the request at once, if the server lets us find it (uvicorn).
 
-    uvicorn's ``send`` is a method of its request cycle, which holds the connection's transport;
-    the cycle is also ``self`` in the coroutine of the task that runs the request (found there
-    when a framework wrapped ``send`` in a closure before us, as Starlette's outermost error
-    middleware does). ``abort()``, not ``close()``: ``close()`` waits for buffered data to be
-    flushed, which a client that stopped reading never lets happen; ``abort()`` drops it and the
-    server hears of a lost connection (uvicorn then ends the blocked ``send()`` quietly). Other
-    servers: ``False``.
+    ``abort()``, not ``close()``: ``close()`` waits for buffered data to be flushed, which a
+    client that stopped reading never lets happen; ``abort()`` drops it and the server hears of a
+    lost connection (uvicorn then ends the blocked ``send()`` quietly). ``False``: not found, the
+    caller takes the fallback (see the module docstring).
+    """
+    transport = uvicorn_transport(server_send, task)
+    if transport is None:
+        return False
+    transport.abort()  # also when closing: a close waiting for a flush that will never come
+    return True
+
+
+def uvicorn_transport(server_send: Send, task: asyncio.Task[object] | None) -> Any:
+    """uvicorn's transport for the connection of the request ``task`` runs, or ``None``.
+
+    The fast path's one contact with uvicorn internals, checked against the installed uvicorn
+    (each HTTP implementation and event loop) by ``test_rates_uvicorn.py``. uvicorn's ``send``
+    is a method of its ``RequestResponseCycle``, which holds the connection's ``transport``; the
+    cycle is also ``self`` in ``run_asgi``, the coroutine of the task that runs the request, where
+    it is found when a framework wrapped ``send`` in a closure before us (Starlette's outermost
+    error middleware does). The transport is duck-typed: uvloop's have ``abort()`` but do not
+    derive from ``asyncio.Transport``.
     """
     for owner in (getattr(server_send, "__self__", None), _task_owner(task)):
         transport = getattr(owner, "transport", None)
-        # Duck-typed: uvloop's transports have abort() but do not derive from asyncio.Transport.
-        abort = getattr(transport, "abort", None)
-        if callable(abort) and callable(getattr(transport, "get_extra_info", None)):
-            abort()  # also when closing: a close waiting for a flush that will never come
-            return True
-    return False
+        if callable(getattr(transport, "abort", None)) and callable(
+            getattr(transport, "get_extra_info", None)
+        ):
+            return transport
+    return None
 
 
 def _current_task() -> asyncio.Task[object] | None:

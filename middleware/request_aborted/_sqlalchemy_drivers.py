@@ -13,15 +13,18 @@ So the token interrupts the *driver* and lets the statement fail in the ordinary
 * psycopg 3: the same side connection, or else psycopg's public ``AsyncConnection.cancel_safe()``
   (libpq 17's non-blocking cancel; older libpq runs ``cancel()`` in a thread). It returns once the
   server has closed the cancel socket, i.e. has signalled the backend, like asyncpg's.
-* aiosqlite: ``sqlite3.Connection.interrupt()``, which SQLite allows from any thread.
+* aiosqlite: its ``interrupt()``, SQLite's ``sqlite3_interrupt()``, which SQLite allows from any
+  thread (aiosqlite calls it at once, not in its worker thread).
 
 A cancel request that reaches the server before the statement does is ignored, so interrupts are
-repeated (with back-off) for as long as the same statement is still running; see ``_Guard.stop``.
+repeated (with back-off) for as long as the same statement is still running (``Guard`` in
+``_sqlalchemy_guard``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,9 +53,6 @@ class Interrupter(Protocol):
     first_retry: float
     """Seconds to wait for the statement to end before interrupting it again."""
 
-    def poke(self) -> None:
-        """Interrupt at once, from the firing code, if the driver can do it synchronously."""
-
     async def interrupt(self) -> None:
         """Deliver one interruption; return once it can no longer hit a later statement."""
 
@@ -63,9 +63,6 @@ class _AsyncpgCancel:
     def __init__(self, connection: Any, side: Callable[[], SideCanceller | None]) -> None:
         self._connection = connection
         self._side = side
-
-    def poke(self) -> None:
-        pass  # both ways to cancel need I/O: the stopper task does it
 
     async def interrupt(self) -> None:
         connection = self._connection
@@ -92,9 +89,6 @@ class _PsycopgCancel:
         self._connection = connection
         self._side = side
 
-    def poke(self) -> None:
-        pass  # both ways to cancel need I/O: the stopper task does it
-
     async def interrupt(self) -> None:
         connection = self._connection
         if connection.closed:
@@ -114,13 +108,11 @@ class _SqliteInterrupt:
     def __init__(self, connection: Any) -> None:
         self._connection = connection
 
-    def poke(self) -> None:
-        raw: sqlite3.Connection | None = getattr(self._connection, "_connection", None)
-        if raw is not None:
-            raw.interrupt()  # sqlite3_interrupt() is safe from any thread
-
     async def interrupt(self) -> None:
-        self.poke()
+        # sqlite3_interrupt() from the loop's thread, past aiosqlite's worker queue: it is safe
+        # from any thread, and it must not wait behind the statement it stops.
+        with contextlib.suppress(ValueError):  # "no active connection": closed, nothing runs
+            await self._connection.interrupt()
 
 
 def interrupter_for(

@@ -174,7 +174,6 @@ class Guard:
             return  # idle connections need nothing: the next statement is refused at its start
         if self.stopper is None or self.stopper.done():
             assert self.loop is not None
-            self.interrupter.poke()
             self.stopper = self.loop.create_task(self._stop(self.running))
 
     async def _stop(self, seq: int) -> None:

@@ -17,12 +17,10 @@ to wait for a free connection waits on the binding's token too (``_sqlalchemy_po
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import weakref
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
@@ -30,14 +28,13 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
 
+from ._budget import budget_spent, deadline_reason
 from ._sqlalchemy_drivers import GuardedCursor, deadline_statement, is_interruption
 from ._sqlalchemy_guard import GUARD_KEY, Binding, Guard, Refused, await_in_greenlet, guard_of
 from ._sqlalchemy_pgcancel import close_side_canceller
 from ._sqlalchemy_poolwait import make_waits_cancellable
 
 __all__ = ["Binding", "Refused", "bound", "install"]
-
-DEADLINE_GRACE: Final = 0.1  # how long a server-side timeout waits for the token's own timer
 
 bound: ContextVar[Binding | None] = ContextVar("request_aborted.sqlalchemy", default=None)
 _installed: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -105,30 +102,31 @@ def _handle_error(context: ExceptionContext) -> BaseException | None:
     binding = bound.get()
     if binding is None or not is_interruption(error):
         return None
-    reason = binding.token.reason
-    if reason is None and guard is not None and guard.deadline_for is binding:
-        reason = _deadline_reason(binding.token, guard.deadline_ms)
+    token = binding.token
+    reason = token.reason
+    if (
+        reason is None
+        and guard is not None
+        and guard.deadline_for is binding  # the timeout may be the budget we pushed
+        and budget_spent(token)
+    ):
+        reason = _pushed_deadline_reason(token, guard.deadline_ms / 1000)
     if reason is None:
         return None  # somebody else's cancel (an admin, the session's own statement_timeout)
     context.is_disconnect = False
     return OperationCancelled(reason)
 
 
-def _deadline_reason(token: CancellationToken, milliseconds: int) -> BaseException | None:
-    """The reason for a ``statement_timeout`` we pushed, if the budget it came from is spent.
+def _pushed_deadline_reason(token: CancellationToken, budget: float) -> BaseException:
+    """The reason for a ``statement_timeout`` we pushed, once the budget it came from is spent.
 
     The server's timer starts with each statement, after the push, so it cannot fire before the
-    token's deadline; when it wins the race anyway (a busy event loop delays the token's timer),
-    the token is about to fire, and its own reason - ``RequestTimedOut`` with the policy, say - is
-    worth a short wait. A timeout while budget remains was the session's own, stricter one.
+    token's deadline; when it wins the race anyway, the token is about to fire (``_budget``). A
+    timeout while budget remains was the session's own, stricter one: not ours.
     """
-    remaining = token.remaining()
-    if remaining is None or remaining > 0.005:
-        return None
-    if token.reason is None and in_greenlet():
-        with contextlib.suppress(TimeoutError):
-            await_in_greenlet(asyncio.wait_for(token.wait(), DEADLINE_GRACE))
-    return token.reason or DeadlineExceeded(milliseconds / 1000)
+    if in_greenlet():
+        return await_in_greenlet(deadline_reason(token, budget))
+    return token.reason or DeadlineExceeded(budget)  # a sync engine: nothing can wait here
 
 
 def _on_commit(conn: Connection) -> None:

@@ -30,20 +30,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
 from sqlalchemy.util.concurrency import greenlet_spawn, in_greenlet
 from sqlalchemy.util.queue import Empty, Full
 
-from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
+from request_aborted import CancellationToken, OperationCancelled
 
+from ._budget import deadline_reason
 from ._loop import asyncio_only, call_in_loop
 from ._sqlalchemy_guard import await_in_greenlet, finish
 
 __all__ = ["CancellableQueue", "make_waits_cancellable"]
-
-DEADLINE_GRACE: Final = 0.05  # how long a spent budget waits for the token's own timer
 
 
 class CancellableQueue:
@@ -99,7 +98,7 @@ class CancellableQueue:
         if fired.done():
             raise OperationCancelled(fired.result())
         if remaining is not None and (pool_timeout is None or remaining < pool_timeout):
-            raise OperationCancelled(await _budget_reason(token, remaining))
+            raise OperationCancelled(await deadline_reason(token, remaining))
         raise Empty()
 
     async def _give_up(self, getter: asyncio.Task[Any]) -> None:
@@ -117,13 +116,6 @@ class CancellableQueue:
                 await greenlet_spawn(self._give_back, record)
         if cancelled is not None:
             raise cancelled
-
-
-async def _budget_reason(token: CancellationToken, budget: float) -> BaseException:
-    if token.reason is None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(token.wait(), DEADLINE_GRACE)
-    return token.reason or DeadlineExceeded(budget)
 
 
 def _resolve(future: asyncio.Future[BaseException], reason: BaseException) -> None:

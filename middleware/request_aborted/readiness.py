@@ -20,8 +20,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Final
 
-from ._context import LIFETIME_KEY
-from ._lifetime import ApplicationLifetime
+from ._lifetime import ApplicationLifetime, lifetime_of
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -59,10 +58,8 @@ class Readiness:
 
     def check(self, scope: Scope) -> tuple[int, dict[str, str]]:
         """The probe's status and document for a request with ``scope``."""
-        lifetime = self.lifetime
+        lifetime = self.lifetime if self.lifetime is not None else lifetime_of(scope)
         if lifetime is None:
-            lifetime = scope.get("state", {}).get(LIFETIME_KEY)
-        if not isinstance(lifetime, ApplicationLifetime):
             return 503, {"status": "unavailable", "detail": NO_LIFETIME}
         if lifetime.stopping.is_cancellation_requested:
             return 503, {"status": "stopping", "phase": lifetime.phase}

@@ -42,7 +42,7 @@ def check(tree: ast.Module) -> Iterator[Hit]:
         function = _enclosing_function(node, parents)
         if function is None:
             yield hit(node, "RA105", _STATIC)
-        elif not _is_handed_on(holder, parent, parents, function):
+        elif not _is_handed_on(holder, parent, function):
             yield hit(node, "RA105", _LEAKED)
 
 
@@ -72,9 +72,7 @@ def _enclosing_function(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> Scope
     return None
 
 
-def _is_handed_on(
-    node: ast.expr, parent: ast.AST, parents: dict[ast.AST, ast.AST], function: ScopeNode
-) -> bool:
+def _is_handed_on(node: ast.expr, parent: ast.AST, function: ScopeNode) -> bool:
     if isinstance(parent, ast.Lambda | ast.Return | ast.Yield | ast.YieldFrom | ast.keyword):
         return True
     if isinstance(parent, ast.Call):
