@@ -12,13 +12,20 @@ minimal ASGI driver on one event loop:
   runs each request in its own task, and the middleware's ``token.scope()`` cancels that task);
 * each app is ``Starlette`` with the one route under test (the endpoint functions of
   ``bench/apps.py``) and the middleware under test, so that no variant pays for matching routes
-  that another does not (in ``apps.py``'s full apps ``/plaintext-token`` is the eleventh route,
-  ``/plaintext-nothing`` the fifth);
+  that another does not (Starlette tries routes in order, each miss about 0.7 us);
 * one *round* runs every variant for one batch of ``--requests`` requests, in an order rotated
   from round to round; a batch's cost is ``time.process_time()`` (this process's CPU time, so
   time the scheduler gives to other work is not counted) over its requests. The per-variant
-  figure is the median over rounds, and each difference (e.g. ours unused minus the floor) is the
-  median of the per-round differences, so a slow moment of the machine shifts both sides of it.
+  figure is the median over rounds; the ratio of two variants is taken within each round, so a
+  slow moment of the machine shifts both sides of it, and the median over rounds is reported.
+
+On a shared virtual machine the CPU time a request takes moves with the machine's load (the other
+hyperthread, the host's caches): a whole run can read 40 % slower than the next, and differences
+in microseconds with it, while the ratio of two variants measured side by side stays put (1.38 and
+1.38 in two runs whose raw differences read 7.7 and 10.5 us). So a difference is reported as
+*uncontended microseconds*: (paired ratio - 1) times the subtrahend's fastest batch of the run,
+the cost at the least contended speed the machine showed; the raw median of the per-round
+differences is printed beside it. Verdicts use the uncontended figure.
 
 Variants (the letters of ``bench_overhead.py``):
 
@@ -31,6 +38,12 @@ Variants (the letters of ``bench_overhead.py``):
 
 Differences reported: (b)-(h) *unused over the floor* (issue 17's goal: <= 0.3 us) and (c)-(h')
 *observed over the floor with a block* (goal: <= 2 us), and for reference (h)-(a), (h')-(a+sleep).
+
+``--candidate DIR`` (repeatable) imports another copy of the package from ``DIR/request_aborted``
+into the same process (an older commit's: ``git archive COMMIT middleware/request_aborted | tar -x
+-C DIR --strip-components=1``) and measures it as (b*N) and (c*N) in the same rounds, so (b)-(b*N)
+and (c)-(c*N) are this tree over the candidate, paired; a copy of this tree itself is the A/A
+control.
 
 Requests run one at a time by default (``--concurrency 1``): each finishes well inside the
 middleware's ``watch_delay``, so no watcher task starts; ``--concurrency K`` keeps K requests in
@@ -48,12 +61,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import apps
@@ -171,7 +187,51 @@ class _TaskCounter:
         return asyncio.Task(coro, loop=loop, **kwargs)
 
 
-def variants(only: Sequence[str] | None) -> list[Variant]:
+@dataclass
+class Candidate:
+    """Another copy of ``request_aborted`` (``--candidate DIR``), imported beside this tree's."""
+
+    number: int
+    folder: Path
+    middleware: type
+    token_endpoint: Callable[..., Any]
+    modules: dict[str, ModuleType]  # held, so that the copy's modules stay alive
+
+
+def load_candidate(number: int, folder: Path) -> Candidate:
+    """Import ``folder/request_aborted`` as a second copy of the package, in this process.
+
+    While it is imported, ``sys.modules`` holds none of this tree's ``request_aborted`` modules,
+    so the copy's relative imports and ``apps.py``'s ``from request_aborted import ...`` bind to the
+    copy; then this tree's modules are put back. A module-level import inside the copy is the
+    copy's; an import run later, inside a function, would find this tree's (the hot path has none).
+    """
+    import request_aborted  # this tree's, loaded first
+
+    def ours(name: str) -> bool:
+        return name == "request_aborted" or name.startswith("request_aborted.")
+
+    saved = {name: module for name, module in sys.modules.items() if ours(name)}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(folder))
+    try:
+        copy = importlib.import_module("request_aborted")
+        where = Path(copy.__file__ or "").resolve().parent.parent
+        if where != folder.resolve():
+            raise SystemExit(f"--candidate {folder}: request_aborted imported from {where}")
+        endpoint = _token_endpoint()
+        modules = {name: module for name, module in sys.modules.items() if ours(name)}
+    finally:
+        sys.path.remove(str(folder))
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+    assert copy is not request_aborted
+    return Candidate(number, folder, copy.RequestAbortedMiddleware, endpoint, modules)
+
+
+def variants(only: Sequence[str] | None, candidates: Sequence[Candidate] = ()) -> list[Variant]:
     from request_aborted import RequestAbortedMiddleware
 
     found = [
@@ -199,6 +259,20 @@ def variants(only: Sequence[str] | None) -> list[Variant]:
             _starlette(_token_endpoint(), RequestAbortedMiddleware),
         ),
     ]
+    for candidate in candidates:
+        n = candidate.number
+        found += [
+            Variant(
+                f"b*{n}",
+                f"(b*{n}) as (b), candidate {n}'s package",
+                _starlette(apps.plaintext, candidate.middleware),
+            ),
+            Variant(
+                f"c*{n}",
+                f"(c*{n}) as (c), candidate {n}'s package",
+                _starlette(candidate.token_endpoint, candidate.middleware),
+            ),
+        ]
     if only:
         unknown = set(only) - {variant.key for variant in found}
         if unknown:
@@ -215,6 +289,24 @@ DIFFERENCES: tuple[tuple[str, str, str, float | None], ...] = (
     ("the floor with a block over bare with the await, (h')-(a+sleep)", "h'", "a+sleep", None),
     ("observed over bare with the await, (c)-(a+sleep)", "c", "a+sleep", None),
 )
+
+
+def differences(candidates: Sequence[Candidate]) -> list[tuple[str, str, str, float | None]]:
+    found = list(DIFFERENCES)
+    for candidate in candidates:
+        n = candidate.number
+        found += [
+            (f"candidate {n} unused over the floor, (b*{n})-(h)", f"b*{n}", "h", GOAL_UNUSED_US),
+            (
+                f"candidate {n} observed over the floor with a block, (c*{n})-(h')",
+                f"c*{n}",
+                "h'",
+                GOAL_OBSERVED_US,
+            ),
+            (f"this tree over candidate {n}, unused, (b)-(b*{n})", "b", f"b*{n}", None),
+            (f"this tree over candidate {n}, observed, (c)-(c*{n})", "c", f"c*{n}", None),
+        ]
+    return found
 
 
 async def _one(app: ASGIApp) -> _Cycle:
@@ -301,7 +393,7 @@ def _median_interval(values: Sequence[float]) -> tuple[float, float]:
     return ordered[low], ordered[high]
 
 
-def results(found: list[Variant]) -> dict[str, Any]:
+def results(found: list[Variant], candidates: Sequence[Candidate] = ()) -> dict[str, Any]:
     by_key = {variant.key: variant for variant in found}
     out: dict[str, Any] = {
         "variants": {
@@ -317,24 +409,30 @@ def results(found: list[Variant]) -> dict[str, Any]:
         },
         "differences": {},
     }
-    for name, minuend, subtrahend, goal in DIFFERENCES:
+    for name, minuend, subtrahend, goal in differences(candidates):
         if minuend not in by_key or subtrahend not in by_key:
             continue
-        per_round = [
-            a - b for a, b in zip(by_key[minuend].costs, by_key[subtrahend].costs, strict=True)
-        ]
+        minuends, subtrahends = by_key[minuend].costs, by_key[subtrahend].costs
+        per_round = [a - b for a, b in zip(minuends, subtrahends, strict=True)]
+        ratios = [a / b for a, b in zip(minuends, subtrahends, strict=True)]
         quartiles = statistics.quantiles(per_round, n=4) if len(per_round) >= 2 else per_round * 3
-        median = statistics.median(per_round)
-        low, high = _median_interval(per_round)
+        ratio = statistics.median(ratios)
+        ratio_low, ratio_high = _median_interval(ratios)
+        # The paired ratio in microseconds at the machine's least contended speed in this run,
+        # the subtrahend's fastest batch: see the module docstring.
+        fastest = min(subtrahends)
+        uncontended = (ratio - 1) * fastest
         out["differences"][f"{minuend}-{subtrahend}"] = {
             "label": name,
-            "us": median,
-            "q1": quartiles[0],
-            "q3": quartiles[-1],
-            "ci_low": low,
-            "ci_high": high,
+            "us": uncontended,
+            "ci_low": (ratio_low - 1) * fastest,
+            "ci_high": (ratio_high - 1) * fastest,
+            "ratio": ratio,
+            "raw_us": statistics.median(per_round),
+            "raw_q1": quartiles[0],
+            "raw_q3": quartiles[-1],
             "goal_us": goal,
-            "met": None if goal is None else median <= goal,
+            "met": None if goal is None else uncontended <= goal,
         }
     return out
 
@@ -358,7 +456,8 @@ def report(args: argparse.Namespace, found: dict[str, Any]) -> str:
                 d["label"],
                 f"{d['us']:+.2f}",
                 f"{d['ci_low']:+.2f} to {d['ci_high']:+.2f}",
-                f"{d['q1']:+.2f} to {d['q3']:+.2f}",
+                f"{d['ratio']:.3f}",
+                f"{d['raw_us']:+.2f} ({d['raw_q1']:+.2f} to {d['raw_q3']:+.2f})",
                 goal,
                 verdict,
             )
@@ -372,7 +471,11 @@ def report(args: argparse.Namespace, found: dict[str, Any]) -> str:
             f"{environment('starlette', 'uvloop')}; loop {args.loop}.",
             "",
             f"{args.rounds} rounds of {args.requests} requests per variant, "
-            f"{args.concurrency} in flight; process CPU time per request, median over rounds.",
+            f"{args.concurrency} in flight; process CPU time per request, median over rounds."
+            + "".join(
+                f" Candidate {n}: `request_aborted` from `{folder}`."
+                for n, folder in enumerate(args.candidate, 1)
+            ),
             "",
             table(
                 ("variant", "us/request", "range over rounds", "tasks started per request"),
@@ -381,10 +484,11 @@ def report(args: argparse.Namespace, found: dict[str, Any]) -> str:
             "",
             table(
                 (
-                    "difference (median of the per-round differences)",
-                    "us",
-                    "95 % interval of the median",
-                    "interquartile range",
+                    "difference",
+                    "us, uncontended",
+                    "95 % interval",
+                    "paired ratio",
+                    "us as measured (interquartile range)",
                     "goal",
                     "verdict",
                 ),
@@ -407,7 +511,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    parser.add_argument("--only", help="comma-separated variant keys (driver,a,h,b,a+sleep,h',c)")
+    parser.add_argument(
+        "--only", help="comma-separated variant keys (driver,a,h,b,a+sleep,h',c, b*1,c*1...)"
+    )
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a folder holding another request_aborted/ to measure as (b*N) and (c*N) beside "
+        "this tree's (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--write", action="store_true", help="also record the tables in bench/results/overhead.md"
@@ -415,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.requests < 1 or args.concurrency < 1:
         parser.error("--rounds, --requests and --concurrency must be at least 1")
-    found = variants(args.only.split(",") if args.only else None)
+    candidates = [load_candidate(number, folder) for number, folder in enumerate(args.candidate, 1)]
+    found = variants(args.only.split(",") if args.only else None, candidates)
     runner = asyncio.Runner(loop_factory=_loop_factory(args.loop))
     with runner:
         runner.run(
@@ -428,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 settle=args.settle,
             )
         )
-    summary = results(found)
+    summary = results(found, candidates)
     if args.json:
         summary["environment"] = environment("starlette", "uvloop")
         summary["command"] = command_line()
@@ -437,6 +553,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "requests": args.requests,
             "concurrency": args.concurrency,
             "loop": args.loop,
+            "candidates": [str(folder) for folder in args.candidate],
         }
         json.dump(summary, sys.stdout, indent=2)
         print()

@@ -2,11 +2,13 @@
 
 A client that left is normal traffic, not an error: one INFO line with the nginx status 499 and
 nothing sent. A timeout is the server's failure to answer in time: 504 (or the policy's status) with
-a problem document if nothing was sent yet, else the response is ended where it stands.
-Shutdown gets 503 with ``Connection: close``, and so does any answer the edge writes for a request
-whose body was not read to the end (the server would otherwise keep reading it). Exceptions that
-are not the fallout of the cancellation, or that arrive while the token has not fired, are none of
-the edge's business and propagate untouched.
+a problem document if nothing was sent yet. Shutdown gets 503 with ``Connection: close``, and so
+does any answer the edge writes for a request whose body was not read to the end (the server would
+otherwise keep reading it). A response already started when either happens is cut (``_cut``): it
+never gets its final body message and its connection is closed, so the client sees a truncated
+response (no terminating chunk, a short ``Content-Length``), never one that looks complete.
+Exceptions that are not the fallout of the cancellation, or that arrive while the token has not
+fired, are none of the edge's business and propagate untouched.
 
 What counts as fallout, once the token fired (``is_fallout``; docs/hazards.md rows 22-29):
 
@@ -37,6 +39,7 @@ import anyio
 from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
+from ._cut import cut_connection
 from ._exceptions import (
     ClientDisconnected,
     ClientTooSlow,
@@ -146,8 +149,14 @@ async def end_response(
     started: bool,
     completed: bool,
     body_unread: bool = False,
+    server_send: Send | None = None,
+    http_version: str = "1.1",
 ) -> None:
     """Finish the response the app left unfinished; a client already gone is no error.
+
+    A started response is cut, not finished: see ``_cut``. ``server_send`` is the server's own
+    ``send`` (the connection is found through it); without it the response is only left
+    unfinished, which most servers take as the cut on their own.
 
     ``body_unread``: the request's body was not read to the end. The answer then closes the
     connection: keeping it open means the server goes on reading (and discarding) whatever body
@@ -160,8 +169,9 @@ async def end_response(
         return  # the connection was aborted under the response (``_rates``): nothing to finish
     try:
         if started:
-            # Headers are out: the only clean ending left is the final (empty) body message.
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # Headers are out: a final (empty) body message would make the response look whole.
+            if server_send is not None:
+                await cut_connection(server_send, http_version)
             return
         body = json.dumps(
             {

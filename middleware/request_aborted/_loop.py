@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol, TypeVar
 
@@ -112,21 +113,31 @@ def _trio_loop() -> Loop | None:
     return current_loop()
 
 
-def is_current(loop: Loop) -> bool:
-    """Whether ``loop`` runs here, now: in this thread, and this is its run."""
+def is_current(loop: Loop, thread: int | None = None) -> bool:
+    """Whether ``loop`` runs here, now: in this thread, and this is its run.
+
+    The package's one answer to "am I on this loop's thread?". Callers that know the thread the
+    loop runs in, and know the loop runs there for as long as they ask (a request's source, for
+    the request's lifetime), pass it: comparing thread ids answers without asking asyncio, whose
+    check makes a ``getpid()`` system call on CPython 3.11.
+    """
+    if thread is not None:
+        return thread == threading.get_ident()
     if asyncio._get_running_loop() is loop:
         return True
     return not isinstance(loop, asyncio.AbstractEventLoop) and _trio_loop() is loop
 
 
-def call_in_loop(loop: Loop, callback: Callable[..., Any], *args: Any) -> None:
+def call_in_loop(
+    loop: Loop, callback: Callable[..., Any], *args: Any, thread: int | None = None
+) -> None:
     """Call ``callback(*args)`` now when already on ``loop``, else hand it to the loop's thread.
 
     Tokens fire in the thread that cancels them (a timer, a worker thread, a signal handler), but
     futures, tasks and timers belong to their loop. Raises ``RuntimeError`` if the loop is closed
-    (trio's ``RunFinishedError`` is one).
+    (trio's ``RunFinishedError`` is one). ``thread``: the loop's thread, if known (``is_current``).
     """
-    if is_current(loop):
+    if is_current(loop, thread):
         callback(*args)
     else:
         loop.call_soon_threadsafe(callback, *args)

@@ -1,10 +1,10 @@
 """``RequestAbortedMiddleware``: ASP.NET Core's ``HttpContext.RequestAborted`` for ASGI.
 
-Pure ASGI, and cheap where the token is not used: per request one object (the token source, the
-channel and the request's state in one), its token and one context-variable set, and nothing left
-behind for the cyclic garbage collector. Watching the connection, the only costly part, starts
-only for requests still running ``watch_delay`` after application code first observed the token
-(see ``_channel`` and ``_watchlist``). Put it outermost, before anything that reads the body, so it
+Pure ASGI, and cheap where the token is not used: per request one object (``_request``: the token
+source, the connection's state and the request's timer in one), its token and one context-variable
+set, and nothing left behind for the cyclic garbage collector. Watching the connection, the only
+costly part, starts only for requests still running ``watch_delay`` after application code first
+observed the token (see ``_watcher``). Put it outermost, before anything that reads the body, so it
 owns ``receive`` and its token is bound before routing and exception handlers run.
 """
 
@@ -12,30 +12,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Final
+from typing import Final
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import _context
-from ._channel import RequestChannel
+from ._context import SCOPE_KEY, current
 from ._deadline import DeadlineHeader
-from ._edge import end_response, is_fallout, log_abort, status_for
-from ._exceptions import (
-    ClientDisconnected,
-    OperationCancelled,
-    RequestTimedOut,
-    ServerShuttingDown,
-    describe,
-)
 from ._log import AbortLog
-from ._loop import Loop, running_loop
+from ._loop import Loop, is_current, running_loop
 from ._rates import MinDataRate, RateWatch
-from ._scope import TokenScope
+from ._request import HttpRequest, WebSocketRequest
 from ._timeouts import TimeoutPolicy, resolve_policy
-from ._token import CancellationToken, CancellationTokenSource, Registration
-from ._watchlist import Watchlist
+from ._token import CancellationToken
+from ._watcher import Watchlist
 
 __all__ = ["AbortHook", "RequestAbortedMiddleware"]
 
@@ -48,12 +38,8 @@ It runs after the handler returned and before the edge's 504/503 is sent (so a t
 wraps the middleware is still open); the scope then holds ``request_aborted.fired_at``,
 ``request_aborted.status`` and ``request_aborted.response_started``."""
 
-FIRED_AT_KEY: Final = "request_aborted.fired_at"  # for on_abort hooks: when the token fired
-STATUS_KEY: Final = "request_aborted.status"  # ...the status it ends with (as logged)
-STARTED_KEY: Final = "request_aborted.response_started"  # ...and whether headers were out
 DEFAULT_MAX_BUFFER: Final = 1 << 20
 DEFAULT_WATCH_DELAY: Final = 0.001  # see the class docstring
-GOING_AWAY: Final = 1001  # RFC 6455: the close code for a WebSocket ended by timeout or shutdown
 MAX_WATCH_DELAY: Final = 1.0
 
 
@@ -140,24 +126,23 @@ class RequestAbortedMiddleware:
         runs a new one would defeat it; asyncio allows that, nobody does it.) Under trio the
         loop is the run's ``TrioLoop``, found the same way once per run (``_loop``).
         """
-        thread = threading.get_ident()
         cached = self._running
-        if cached is not None and cached[0] == thread and cached[1].is_running():
+        if cached is not None and is_current(cached[1], cached[0]) and cached[1].is_running():
             return cached
         loop = running_loop()
         watchlist = Watchlist(loop, self.watch_delay) if self.watch_delay > 0 else None
-        cached = self._running = (thread, loop, watchlist)
+        cached = self._running = (threading.get_ident(), loop, watchlist)
         return cached
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if (kind != "http" and kind != "websocket") or _context.SCOPE_KEY in scope:
+        if (kind != "http" and kind != "websocket") or SCOPE_KEY in scope:
             await self.app(scope, receive, send)  # lifespan, or a second instance: pass through
             return
-        # Everything this request needs is the one _Request object (its token source and its
-        # channel) plus its token: the path every request takes, whether or not it looks.
-        request = (_Request if kind == "http" else _WebSocket)(self, scope, receive, send)
-        reset = _context.current.set(request)
+        # Everything this request needs is the one request object (its token source and its
+        # connection) plus its token: the path every request takes, whether or not it looks.
+        request = (HttpRequest if kind == "http" else WebSocketRequest)(self, scope, receive, send)
+        reset = current.set(request)
         rates = None
         if self.rates and kind == "http":
             rates = RateWatch(request, send, self.min_send_rate, self.min_receive_rate, scope)
@@ -170,244 +155,14 @@ class RequestAbortedMiddleware:
                 else:
                     await request.run_enforced(scope, request.receive, request.send)
             except BaseException as exc:
-                if request._reason is None or not request.absorbs(exc):
+                if not request.is_cancellation_requested or not request.absorbs(exc):
                     raise
             finally:
                 request.close()
                 if rates is not None:
                     rates.close()
-            if request._reason is not None:
+            if request.is_cancellation_requested:
                 await request.finish_aborted(scope)
         finally:
-            # The last tie from the token (which outlives the request) to the server's objects
-            # (which keep the scope, which keeps the token): a reference cycle if left.
-            request._send = _send_over
-            _context.current.reset(reset)
-
-
-class _Request(RequestChannel):
-    """One request's token source, timer and channel: the ``RequestContext`` handlers reach."""
-
-    __slots__ = ("_header_deadline", "_live_token", "_registration", "_status", "started_at")
-
-    _options: RequestAbortedMiddleware  # the channel's options are the whole middleware
-
-    def __init__(
-        self, config: RequestAbortedMiddleware, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        RequestChannel.__init__(self, receive, send, config.running(), config.lock, config)
-        self.started_at = time.monotonic()
-        # Held strongly only while the request runs (close() drops it): a source that keeps
-        # its token is a reference cycle.
-        self._live_token: CancellationToken | None = CancellationToken(self)
-        scope[_context.SCOPE_KEY] = self._live_token
-        if scope["type"] == "http":
-            self._unobserved = True  # the first look at the token starts the watching
-        self._status = config.timeout_status
-        self._header_deadline: float | None = None
-        self._registration: Registration | None = None
-        if config.deadline_headers:
-            self._read_deadline_headers(scope)
-        if config.default_policy.timeout is not None or self._header_deadline is not None:
-            self._arm(config.default_policy, config.default_policy_name)
-        shutdown = config.shutdown
-        if shutdown is None and "state" in scope:
-            lifetime = scope["state"].get(_context.LIFETIME_KEY)
-            if lifetime is not None:
-                shutdown = lifetime.grace_expired
-        if shutdown is not None:
-            self._registration = shutdown.register(self._shutting_down)
-            self.make_interruptible()
-
-    @property
-    def token(self) -> CancellationToken:
-        token = self._live_token
-        return token if token is not None else CancellationToken(self)
-
-    async def run_enforced(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the app under ``enforce_after`` (if set): cooperative first, forced later."""
-        if self._options.enforce_after is None:
-            await self._options.app(scope, receive, send)
-            return
-        enforcer = TokenScope(self.token, delay=self._options.enforce_after)
-        try:
-            async with enforcer:
-                await self._options.app(scope, receive, send)
-        finally:
-            if enforcer.cancelled_caught:
-                logger.warning(
-                    "%s %s ignored its cancelled token for %gs and was cancelled; "
-                    "pass the token to the work it awaits",
-                    scope.get("method", ""),
-                    _route_name(scope),
-                    self._options.enforce_after,
-                )
-
-    def close(self) -> None:
-        """Stop watching, and drop what would tie the token to the server once the request is over.
-
-        The token outlives the request (it is in the scope, maybe in a task the handler started)
-        and refers to this object, so this object must not keep the token, nor the server's
-        ``receive``/``send`` (whose owner keeps the scope): those would be reference cycles.
-        ``send`` goes last, in the middleware, after an aborted request's final answer.
-        """
-        # Code that looks at the token after the request (a task it spawned, a test) must not
-        # start a pump on a connection the server now owns, maybe on a loop already closed.
-        self._unobserved = False
-        self._live_token = None
-        self._receive = _receive_over
-        if self._disconnect is None:
-            self._disconnect = _OVER  # a late receive() hears that the request is gone
-        registration = self._registration
-        if registration is not None:
-            self._registration = None
-            registration.unregister()
-        if self._pump is not None:
-            RequestChannel.close(self)
-        if self._timer is not None or self._parents:
-            CancellationTokenSource.close(self)
-
-    def absorbs(self, exc: BaseException) -> bool:
-        """Whether ``exc``, raised by the app after the token fired, is the abort's fallout."""
-        return is_fallout(exc, self)
-
-    async def finish_aborted(self, scope: Scope) -> None:
-        reason = self._reason
-        assert reason is not None
-        status = status_for(reason, self._status)
-        # Reported before the answer goes out: sending its last byte ends a tracing span that
-        # wraps us (OpenTelemetry's ASGI middleware), and on_abort hooks annotate that span.
-        self._report(scope, reason, status)
-        await end_response(
-            self.send,
-            reason,
-            status,
-            started=self.started,
-            completed=self.completed,
-            body_unread=not self._body_done and _expects_body(scope),
-        )
-
-    def _report(self, scope: Scope, reason: BaseException, status: int) -> None:
-        """The one log line and the ``on_abort`` call, HTTP and WebSocket alike."""
-        elapsed = time.monotonic() - self.started_at
-        scope[FIRED_AT_KEY] = self._cancelled_at
-        scope[STATUS_KEY] = status
-        scope[STARTED_KEY] = self.started
-        log_abort(scope, reason, status, elapsed, self._options.abort_log)
-        hook = self._options.on_abort
-        if hook is not None:
-            try:
-                hook(scope, reason, elapsed)
-            except Exception:
-                logger.exception("the on_abort hook raised")
-
-    # -- timeouts ------------------------------------------------------------------------------
-
-    def set_timeout(self, timeout: float | str | None) -> None:
-        """Re-arm the request's timer for an endpoint's own timeout, from any thread."""
-        policy, name = resolve_policy(timeout, self._options.policies)
-        self.on_loop(self._arm, policy, name)
-
-    def _arm(self, policy: TimeoutPolicy, name: str | None) -> None:
-        deadline = None if policy.timeout is None else self.started_at + policy.timeout
-        timeout, status = policy.timeout, policy.status_code
-        default_status = self._options.timeout_status
-        if name is None:  # a plain number, not a named policy
-            status = default_status
-        header = self._header_deadline
-        if header is not None and (deadline is None or header < deadline):
-            deadline, timeout, status = header, header - self.started_at, default_status
-            name = "deadline-header"
-        self._status = status
-        if deadline is None:
-            self.cancel_after(None)
-        elif not self.completed:
-            reason = RequestTimedOut(timeout, name)
-            self.cancel_after(deadline - time.monotonic(), reason)
-            self.make_interruptible()
-
-    def _read_deadline_headers(self, scope: Scope) -> None:
-        headers = self._options.deadline_headers
-        for name, value in scope.get("headers", ()):
-            header = headers.get(name.lower())
-            if header is None:
-                continue
-            budget = header.parse(value.decode("latin-1"))
-            if budget is None:
-                logger.debug("ignoring malformed %s header: %r", header.name, value)
-                continue
-            deadline = self.started_at + budget
-            if self._header_deadline is None or deadline < self._header_deadline:
-                self._header_deadline = deadline
-
-    def _shutting_down(self, reason: BaseException) -> None:
-        shutdown = reason if isinstance(reason, ServerShuttingDown) else ServerShuttingDown()
-        self.on_loop(self.fire, shutdown)
-
-
-class _WebSocket(_Request):
-    """A WebSocket's source and channel. The client closing is a WebSocket's normal end: the
-    token fires with ``ClientDisconnected``, but nothing is logged, no hook is called and every
-    exception the app raises (``WebSocketDisconnect`` first of all: FastAPI's tests, telemetry of
-    close codes and the server's own logging rely on it) propagates as if we were not there, only
-    our own ``OperationCancelled`` excepted. A timeout or a shutdown ends it as it ends an HTTP
-    request: the app's next ``receive()`` hears a disconnect (code 1001), its fallout is absorbed,
-    the socket is closed with 1001 "going away" (refused with 403 before it was accepted), and it
-    gets the log line and the ``on_abort`` call."""
-
-    __slots__ = ()
-
-    given_up: ClassVar[Message] = {"type": "websocket.disconnect", "code": GOING_AWAY}
-
-    def absorbs(self, exc: BaseException) -> bool:
-        if isinstance(self._reason, ClientDisconnected):
-            return _only_operation_cancelled(exc)
-        return is_fallout(exc, self)
-
-    async def finish_aborted(self, scope: Scope) -> None:
-        reason = self._reason
-        assert reason is not None
-        if isinstance(reason, ClientDisconnected):
-            return  # the normal end of a WebSocket
-        if not self.completed:
-            # Close reasons are at most 123 bytes of UTF-8 (RFC 6455 5.5).
-            text = describe(reason).encode()[:123].decode(errors="ignore")
-            close = {"type": "websocket.close", "code": GOING_AWAY, "reason": text}
-            try:
-                await self.send(close)
-            except Exception as exc:  # the connection is going away; the log line says enough
-                logger.debug("could not close the WebSocket of an aborted request: %r", exc)
-        self._report(scope, reason, GOING_AWAY)
-
-
-def _only_operation_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_operation_cancelled(inner) for inner in exc.exceptions)
-    return isinstance(exc, OperationCancelled)
-
-
-def _expects_body(scope: Scope) -> bool:
-    """Whether an HTTP/1 request announced a body (HTTP/2 ends the stream, not the connection)."""
-    if scope.get("http_version") not in ("1.0", "1.1"):
-        return False
-    for name, value in scope.get("headers", ()):
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
-
-
-_OVER: Final[Message] = {"type": "http.disconnect"}
-
-
-async def _receive_over() -> Message:
-    raise RuntimeError("the request is over: its receive() is closed")
-
-
-async def _send_over(message: Message) -> None:
-    raise RuntimeError("the request is over: its send() is closed")
-
-
-def _route_name(scope: Scope) -> str:
-    endpoint = scope.get("endpoint")
-    name = getattr(endpoint, "__qualname__", None)
-    return f"{scope.get('path', '')} ({name})" if name else str(scope.get("path", ""))
+            request.detach()
+            current.reset(reset)

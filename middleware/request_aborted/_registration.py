@@ -1,17 +1,27 @@
-"""A callback registered on a token source, and the handle that unregisters it."""
+"""A callback registered on a token source, and the handle that unregisters it.
+
+The bottom of the token's modules: ``_token`` (sources and tokens) and ``_scope`` (blocks bound to
+a token) build on it, and it imports neither. What a registration needs of its source is the
+``Registry`` protocol below, part of the protected surface ``CancellationTokenSource`` documents.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Protocol, Self
 
-if TYPE_CHECKING:
-    from ._token import CancellationTokenSource
-
-__all__ = ["Callback", "Registration"]
+__all__ = ["Callback", "Registration", "Registry"]
 
 Callback = Callable[[BaseException], object]
+
+
+class Registry(Protocol):
+    """What a registration asks of the source it is registered on."""
+
+    def _add(self, registration: Registration) -> BaseException | None: ...
+
+    def _remove(self, registration: Registration) -> bool: ...
 
 
 class Registration:
@@ -19,11 +29,15 @@ class Registration:
 
     Unregistering matters for long-lived tokens: a registration that is never removed keeps its
     callback, and everything the callback refers to, alive for as long as the source lives.
+
+    Protected, for the source and for subclasses (``TokenScope``): ``_source``, the source while
+    registered (``None`` once fired or unregistered), and ``_fire(reason)``, which the source
+    calls when it fires.
     """
 
     __slots__ = ("_callback", "_source")
 
-    def __init__(self, source: CancellationTokenSource | None, callback: Callback | None) -> None:
+    def __init__(self, source: Registry | None, callback: Callback | None) -> None:
         self._source = source
         self._callback = callback
 
@@ -39,11 +53,7 @@ class Registration:
         if source is None:
             return False
         self._source = None
-        with source._lock:
-            callbacks = source._callbacks
-            if callbacks is None:
-                return False
-            return callbacks.pop(self, False) is None
+        return source._remove(self)
 
     def __enter__(self) -> Self:
         return self

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import enum
 import sys
-import threading
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -32,6 +32,7 @@ from ._loop import Handle, Loop, call_in_loop, current_task, running_loop
 from ._registration import Registration
 
 if TYPE_CHECKING:
+    # Annotations only: at run time this module never imports _token (which imports it).
     import trio
 
     from ._token import CancellationToken, CancellationTokenSource
@@ -102,12 +103,13 @@ class TokenScope(Registration):
             raise RuntimeError("a token scope can be entered only once")
         source = self._token._source
         task = None
-        if source is not None and source._thread == threading.get_ident():
+        home = None if source is None else source._home_loop()
+        if home is not None:
             # A request's token, on the request's own thread: its loop is the running one, and
             # asking for its current task skips the getpid() that asyncio.current_task() makes
             # on CPython 3.11. (None if the loop was replaced since, or is a trio run's stand-in,
             # which asyncio simply does not find: then ask asyncio, and trio.)
-            task = asyncio.current_task(source._loop)  # type: ignore[arg-type]
+            task = asyncio.current_task(home)  # type: ignore[arg-type]
         if task is None:
             try:
                 task = asyncio.current_task()
@@ -130,7 +132,7 @@ class TokenScope(Registration):
             # Read the source, not our own state: a thread may be firing the token right now,
             # and whether its callback has reached us yet is a race. _schedule() then finds the
             # scope exited and does nothing.
-            reason = source._reason
+            reason = source.reason
         if reason is not None:  # the token has already fired: do not even start
             self._state = _State.EXITED
             self._release()
@@ -247,18 +249,22 @@ class TokenScope(Registration):
 class CriticalSection:
     """Holds off the current task's token scopes; see ``CancellationToken.critical_section()``."""
 
-    __slots__ = ("_grace", "_grace_source", "_registration", "_shielded", "_token")
+    __slots__ = ("_grace", "_grace_source", "_new_source", "_registration", "_shielded", "_token")
 
-    def __init__(self, token: CancellationToken, grace: float | None) -> None:
+    def __init__(
+        self,
+        token: CancellationToken,
+        grace: float | None,
+        new_source: Callable[[], CancellationTokenSource],
+    ) -> None:
         self._token = token
         self._grace = grace
+        self._new_source = new_source  # what the grace period's token comes from
         self._shielded: list[TokenScope] = []
         self._grace_source: CancellationTokenSource | None = None
         self._registration: Registration | None = None
 
     async def __aenter__(self) -> CancellationToken:
-        from ._token import CancellationToken, CancellationTokenSource
-
         task = current_task()
         scope = _innermost.get()
         while scope is not None:
@@ -267,10 +273,10 @@ class CriticalSection:
                 self._shielded.append(scope)
             scope = scope._outer
         if self._grace is None or self._token._source is None:
-            return CancellationToken.NONE
+            return type(self._token).NONE
         loop = running_loop()
         grace = self._grace
-        inner = self._grace_source = CancellationTokenSource()
+        inner = self._grace_source = self._new_source()
         inner.register(lambda _: loop.call_soon_threadsafe(self._lift))
 
         def start_grace(reason: BaseException) -> None:

@@ -7,11 +7,11 @@ token without losing the information *why* the work stopped.
 
 The hot path matters: the middleware builds one source per HTTP request, and most requests finish
 without anyone looking at the token. So a source allocates its callback table, its token view and
-its timer only when something asks for them. Two hook methods, no-ops here, are what the
-middleware's per-request source overrides: ``_observed()`` runs the first time application code
-shows interest in the token (so the connection is watched only then), ``_cancelled()`` right after
-the source fired. They are methods rather than stored callbacks because a bound method kept on its
-own instance is a reference cycle, and cycles are what the cyclic GC has to find.
+its timer only when something asks for them. The middleware's per-request source (``_request``)
+is a subclass; what it may touch is listed in ``CancellationTokenSource``'s docstring.
+
+Imports go one way: ``_registration`` <- ``_token`` -> ``_scope`` (a token makes scopes; a scope
+knows its source only through the protocols ``_registration`` and ``_scope`` declare).
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from ._exceptions import CancellationRequested, DeadlineExceeded, OperationCancelled, describe
-from ._loop import Handle, Loop, Waiter, call_in_loop, running_loop, running_loop_or_none
+from ._loop import (
+    Handle,
+    Loop,
+    Waiter,
+    call_in_loop,
+    is_current,
+    running_loop,
+    running_loop_or_none,
+)
 from ._registration import Callback, Registration
 from ._scope import CriticalSection, TokenScope
 
@@ -38,6 +46,24 @@ class CancellationTokenSource:
     construction, as ``cancel_after()`` does later. Close the source (or use it as a context
     manager) when the work is done: that stops its timer and unlinks it from its parents, which is
     what keeps a long-lived parent from accumulating dead children.
+
+    Protected surface, for subclasses (the middleware's per-request source) and for the package's
+    registrations and scopes; nothing else of the source's internals is read outside this module:
+
+    * ``_init_source(lock, loop, thread)``: what ``__init__`` does, for a subclass whose own
+      ``__init__`` has other arguments. ``lock`` may be shared among sources (it guards a few
+      dictionary operations and is never held while taking another lock); ``loop``/``thread``
+      bind the source to the loop it lives on, which then serves its timers and scopes.
+    * ``_observed()`` hook: application code looked at the token for the first time (any thread).
+      Called only while ``_unobserved`` is true, which a subclass sets to ask for it.
+    * ``_cancelled()`` hook: the source has just fired; runs before the registered callbacks.
+      Hooks are methods rather than stored callbacks because a bound method kept on its own
+      instance is a reference cycle, and cycles are what the cyclic GC has to find.
+    * ``_add(registration)`` / ``_remove(registration)``: the callback table, for ``Registration``
+      and ``TokenScope`` (the ``Registry`` protocol); ``_add`` counts as observing the token.
+    * ``_home_loop()``: the source's loop when called on its thread, for ``TokenScope``.
+    * read-only for subclasses: ``_reason``, ``_cancelled_at``, ``_timer``, ``_parents``,
+      ``_loop``, ``_thread``.
     """
 
     __slots__ = (
@@ -56,22 +82,27 @@ class CancellationTokenSource:
     )
 
     def __init__(self, timeout: float | None = None) -> None:
+        self._init_source(threading.Lock())
+        if timeout is not None:
+            self.cancel_after(timeout)
+
+    def _init_source(
+        self, lock: threading.Lock, loop: Loop | None = None, thread: int | None = None
+    ) -> None:
         self._reason: BaseException | None = None
         self._cancelled_at: float | None = None
         # Registration -> None: an insertion-ordered set with O(1) removal. Created on first use.
         self._callbacks: dict[Registration, None] | None = None
-        self._lock = threading.Lock()
+        self._lock = lock
         self._unobserved = False  # True while _observed() is still to be called
         # The loop, and the thread running it, when the source belongs to one (a request's):
-        # scopes then find their task without asking asyncio (see TokenScope.__aenter__).
-        self._loop: Loop | None = None
-        self._thread: int | None = None
+        # timers and scopes then find them without asking asyncio (see _home_loop()).
+        self._loop = loop
+        self._thread = thread
         self._own_deadline: float | None = None
         self._parents: tuple[tuple[CancellationTokenSource, Registration], ...] = ()
         self._timer: Handle | threading.Timer | None = None
         self._token: weakref.ref[CancellationToken] | None = None
-        if timeout is not None:
-            self.cancel_after(timeout)
 
     @classmethod
     def linked(cls, *tokens: CancellationToken, timeout: float | None = None) -> Self:
@@ -192,8 +223,8 @@ class CancellationTokenSource:
         if seconds <= 0:
             self.cancel(reason)
             return
-        loop = self._loop  # a request's, when on the request's thread: no need to ask
-        if loop is None or self._thread != threading.get_ident():
+        loop = self._home_loop()  # a request's, when on the request's thread: no need to ask
+        if loop is None:
             loop = running_loop_or_none()
         if loop is None:
             timer = threading.Timer(seconds, self.cancel, (reason,))
@@ -232,6 +263,21 @@ class CancellationTokenSource:
                 return None
         registration._source = None
         return self._reason
+
+    def _remove(self, registration: Registration) -> bool:
+        """Unregister ``registration``; whether it was still waiting for the source to fire."""
+        with self._lock:
+            callbacks = self._callbacks
+            if callbacks is None:
+                return False
+            return callbacks.pop(registration, False) is None
+
+    def _home_loop(self) -> Loop | None:
+        """The loop this source lives on, when called on that loop's thread; else ``None``."""
+        loop = self._loop
+        if loop is None or not is_current(loop, self._thread):
+            return None
+        return loop
 
     def _cancel_from_parent(self, reason: BaseException) -> None:
         self.cancel(reason)
@@ -276,6 +322,8 @@ class CancellationToken:
 
     ``CancellationToken.NONE`` is the token that can never be cancelled, for callers that have no
     reason to stop (pass it deliberately, not "just for now").
+
+    Protected, for ``TokenScope``: ``_source``, the source (``None`` for ``NONE``).
     """
 
     __slots__ = ("__weakref__", "_source")
@@ -363,7 +411,7 @@ class CancellationToken:
         the token fired. Pass ``inner`` to the work inside: it is ``NONE`` without a grace period,
         or a token that fires when the grace period runs out.
         """
-        return CriticalSection(self, grace)
+        return CriticalSection(self, grace, CancellationTokenSource)
 
     def __repr__(self) -> str:
         source = self._source

@@ -7,6 +7,7 @@ really answered, never a speed.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,13 @@ def test_json_has_a_cost_per_variant_and_each_difference_with_its_goal() -> None
         assert difference["met"] is (
             None if difference["goal_us"] is None else difference["us"] <= difference["goal_us"]
         )
-    assert found["settings"] == {"rounds": 3, "requests": 5, "concurrency": 1, "loop": "uvloop"}
+    assert found["settings"] == {
+        "rounds": 3,
+        "requests": 5,
+        "concurrency": 1,
+        "loop": "uvloop",
+        "candidates": [],
+    }
 
 
 def test_the_table_has_a_row_per_variant_and_per_difference() -> None:
@@ -60,3 +67,23 @@ def test_only_restricts_the_variants_and_keeps_the_differences_they_allow() -> N
     found = json.loads(run("--json", "--only", "h,b"))
     assert set(found["variants"]) == {"h", "b"}
     assert set(found["differences"]) == {"b-h"}
+
+
+def test_a_candidate_copy_of_the_package_is_measured_beside_this_trees(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "middleware" / "request_aborted", tmp_path / "request_aborted")
+    found = json.loads(run("--json", "--only", "h,b,h',c,b*1,c*1", "--candidate", str(tmp_path)))
+    assert set(found["variants"]) == {"h", "b", "h'", "c", "b*1", "c*1"}
+    assert {"b*1-h", "c*1-h'", "b-b*1", "c-c*1"} <= set(found["differences"])
+    assert found["settings"]["candidates"] == [str(tmp_path)]
+
+
+def test_a_candidate_folder_without_the_package_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--candidate", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "imported from" in done.stderr

@@ -109,7 +109,9 @@ def test_remaining_budget_is_sent_downstream_in_the_deadline_header(
 ) -> None:
     async def main() -> tuple[dict[str, str], float]:
         async with cancellable_client(module=hx) as client:  # its SSL context takes up to 0.6 s
-            source, created = CancellationTokenSource(timeout=5.0), time.monotonic()
+            # Taken before the budget starts, so the header can only be above the bound.
+            created = time.monotonic()
+            source = CancellationTokenSource(timeout=5.0)
             response = await client.get(
                 f"{slow_server.url}/headers", extensions={TOKEN_EXTENSION: source.token}
             )
@@ -125,7 +127,9 @@ def test_grpc_timeout_header_format_is_supported(slow_server: SlowServer, hx: Mo
         async with cancellable_client(
             module=hx, deadline_header=DeadlineHeader.of("grpc-timeout")
         ) as client:
-            source, created = CancellationTokenSource(timeout=2.0), time.monotonic()
+            # Taken before the budget starts, so the header can only be above the bound.
+            created = time.monotonic()
+            source = CancellationTokenSource(timeout=2.0)
             response = await client.get(
                 f"{slow_server.url}/headers", extensions={TOKEN_EXTENSION: source.token}
             )
