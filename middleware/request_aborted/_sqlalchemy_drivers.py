@@ -28,10 +28,9 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
-if TYPE_CHECKING:
-    from ._sqlalchemy_pgcancel import SideCanceller
+from ._sqlalchemy_pgcancel import SideCanceller
 
 __all__ = [
     "GuardedCursor",
