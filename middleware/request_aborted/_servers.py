@@ -14,7 +14,12 @@ also as gunicorn's ``UvicornWorker``        ``send.__self__``, and ``self`` of `
                                             coroutine of the task that runs the request
 gunicorn's own ``asgi`` worker              its protocol's ``transport``; the protocol is
                                             ``self`` of the request task's coroutine
-hypercorn, granian, daphne                  out of reach: the fallback
+daphne                                      no transport; its twisted request (which can
+                                            ``loseConnection()``) is bound into the ``send`` it
+                                            gives the app, a ``functools.partial``, found as the
+                                            request task's ``send`` (``twisted_request``, used to
+                                            cut a started response: ``_cut``)
+hypercorn, granian                          out of reach: the fallback
 =========================================  =====================================================
 
 The request task is where the transport is found when a framework wrapped ``send`` in a closure
@@ -27,13 +32,14 @@ process for every HTTP implementation and event loop installed.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from starlette.types import Send
 
-__all__ = ["Transport", "connection_transport", "request_task", "task_locals"]
+__all__ = ["Transport", "connection_transport", "request_task", "task_locals", "twisted_request"]
 
 
 class Transport(Protocol):
@@ -75,4 +81,19 @@ def connection_transport(server_send: Send, task: asyncio.Task[object] | None) -
         transport = getattr(owner, "transport", None)
         if all(callable(getattr(transport, name, None)) for name in _TRANSPORT_METHODS):
             return transport
+    return None
+
+
+def twisted_request(server_send: Send, task: asyncio.Task[object] | None) -> Any:
+    """daphne's twisted request under ``task`` (it has ``loseConnection()``), else ``None``.
+
+    daphne calls the app with ``send=functools.partial(server.handle_reply, request)``; the
+    ``send`` our middleware gets is often Starlette's wrapper of it, so the app's own is looked at
+    too: the outermost coroutine of the request task is the app daphne called.
+    """
+    for send in (server_send, task_locals(task).get("send")):
+        if isinstance(send, functools.partial) and send.args:
+            request = send.args[0]
+            if callable(getattr(request, "loseConnection", None)):
+                return request
     return None
