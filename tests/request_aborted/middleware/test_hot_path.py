@@ -140,15 +140,20 @@ def test_receive_and_send_kept_past_the_request_are_closed() -> None:
 
 
 class _Channel:
-    """Stands in for a request on the watchlist."""
+    """Stands in for a request on the watchlist; notes when its watching started (loop time)."""
 
-    def __init__(self, name: str, started: list[str]) -> None:
+    def __init__(self, name: str, started: list[str], done: asyncio.Event | None = None) -> None:
         self.name = name
         self.started = started
+        self.done = done
         self.watch_at = -1.0
+        self.started_at: float | None = None
 
     def start_watching(self) -> None:
         self.started.append(self.name)
+        self.started_at = asyncio.get_running_loop().time()
+        if self.done is not None:
+            self.done.set()
 
 
 def test_the_watchlist_starts_each_channel_when_its_delay_is_up_with_one_timer() -> None:
@@ -157,17 +162,21 @@ def test_the_watchlist_starts_each_channel_when_its_delay_is_up_with_one_timer()
     async def main() -> None:
         loop = asyncio.get_running_loop()
         watchlist = Watchlist(loop, 0.05)
-        first, second = _Channel("first", started), _Channel("second", started)
+        both = asyncio.Event()
+        first, second = _Channel("first", started), _Channel("second", started, both)
+        added_at = loop.time()
         watchlist.add(first)
         await asyncio.sleep(0.02)
         watchlist.add(second)
         timers = [handle for handle in loop._scheduled if not handle.cancelled()]  # type: ignore[attr-defined]
         assert len(timers) == 1  # one timer, for the first to come due
-        assert second.watch_at - first.watch_at == pytest.approx(0.02, abs=0.015)
-        await asyncio.sleep(0.04)
-        assert started == ["first"]
-        await asyncio.sleep(0.04)
+        assert first.watch_at == pytest.approx(added_at + 0.05, abs=0.001)
+        assert second.watch_at > first.watch_at  # added later, due later
+        # Outcomes and order, not how long the sleeps took: a loaded machine oversleeps.
+        await asyncio.wait_for(both.wait(), 10)
         assert started == ["first", "second"]
+        assert first.started_at is not None and first.started_at >= first.watch_at
+        assert second.started_at is not None and second.started_at >= second.watch_at
         assert len(watchlist) == 0
 
     asyncio.run(main())
