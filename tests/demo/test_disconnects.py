@@ -79,7 +79,9 @@ def test_export_stops_reading_the_cursor_when_the_client_leaves(demo_log: Demo) 
     client = open_request(demo_log.port, "GET", "/reports/sales/export?from=2024-01-01")
     received = b""
     while len(received) < 256 * 1024:  # a few batches in: the stream is well under way
-        received += client.recv(65536)
+        chunk = client.recv(65536)
+        assert chunk, f"the export ended after {len(received)} bytes: {received[:500]!r}"
+        received += chunk
     assert received.startswith(b"HTTP/1.1 200")
 
     client.close()

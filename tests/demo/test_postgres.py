@@ -188,7 +188,9 @@ def test_export_cursor_is_closed_when_the_client_leaves(pg_demo: Demo) -> None:
     client = open_request(pg_demo.port, "GET", "/reports/sales/export?from=2024-01-01")
     received = b""
     while len(received) < 256 * 1024:
-        received += client.recv(65536)
+        chunk = client.recv(65536)
+        assert chunk, f"the export ended after {len(received)} bytes: {received[:500]!r}"
+        received += chunk
     assert busy_backends(database)  # mid-stream: a transaction holds the server-side cursor
 
     client.close()
