@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from services import HealthService, OrdersService, ReportsService, SearchService, UploadsService
 
+from .live_stats import LiveStats
 from .metrics import DemoMetrics
 
 __all__ = ["Services", "services"]
@@ -25,6 +26,7 @@ class Services:
     uploads: UploadsService
     health: HealthService
     metrics: DemoMetrics
+    live: LiveStats
 
 
 def services(request: Request) -> Services:

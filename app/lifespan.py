@@ -29,7 +29,9 @@ from services import (
 )
 
 from .container import Services
-from .debug import DebugEvents
+from .debug import INTERNALS_STATE, DebugEvents, Internals
+from .engine_events import listening
+from .live_stats import LiveStats
 from .metrics import DemoMetrics
 from .seed import default_rows, seed
 from .settings import Settings
@@ -44,6 +46,7 @@ def demo_lifespan(
     settings: Settings,
     lifetime: ApplicationLifetime,
     metrics: DemoMetrics,
+    live: LiveStats,
     debug: DebugEvents | None,
 ) -> Any:
     """The application's own lifespan, for ``lifetime.lifespan(...)`` to wrap."""
@@ -57,8 +60,11 @@ def demo_lifespan(
                 pool_timeout=settings.db_pool_timeout,
             )
             stack.push_async_callback(database.dispose)
+            # The instruments listen on this engine only, and stop before it is disposed.
+            engine = database.engine.sync_engine
+            stack.enter_context(listening(engine, live.statement_listeners()))
             if debug is not None:
-                debug.watch(database.engine.sync_engine)
+                stack.enter_context(listening(engine, debug.statement_listeners()))
             await _prepare(database, settings, lifetime.stopping)
 
             upstream_url = settings.recommender_url
@@ -68,16 +74,16 @@ def demo_lifespan(
                 upstream_url = embedded.url
                 logger.info("recommendations upstream started in-process at %s", upstream_url)
             transport = _http_transport()
-            if debug is not None:
-                debug.watch_http(transport)
-            http = await stack.enter_async_context(_http_client(upstream_url, transport))
+            http = await stack.enter_async_context(
+                _http_client(upstream_url, transport, live.outbound_hooks())
+            )
             recommendations = RecommendationsClient(http)
 
             reports = ReportsService(database)
             lifetime.add_service(
                 DataSyncService(reports, database, interval=settings.data_sync_interval)
             )
-            yield {
+            state: dict[str, Any] = {
                 "services": Services(
                     search=SearchService(
                         database,
@@ -91,8 +97,12 @@ def demo_lifespan(
                     ),
                     health=HealthService(database, recommendations),
                     metrics=metrics,
+                    live=live,
                 )
             }
+            if debug is not None:
+                state[INTERNALS_STATE] = Internals(engine, [transport])
+            yield state
 
     return lifespan
 
@@ -120,12 +130,18 @@ def _http_transport() -> httpx.AsyncHTTPTransport:
     )
 
 
-def _http_client(base_url: str, transport: httpx.AsyncHTTPTransport) -> httpx.AsyncClient:
+def _http_client(
+    base_url: str, transport: httpx.AsyncHTTPTransport, event_hooks: dict[str, list[Any]]
+) -> httpx.AsyncClient:
     """One client (one connection pool) for the whole process, closed at shutdown.
 
     ``cancellable_client`` makes each request stop when the token in its extensions fires, and
-    shortens httpx's timeouts to the token's remaining budget.
+    shortens httpx's timeouts to the token's remaining budget. ``event_hooks`` are the live
+    panel's (which calls a cancellation stopped).
     """
     return cancellable_client(
-        base_url=base_url, timeout=httpx.Timeout(10.0, connect=2.0), transport=transport
+        base_url=base_url,
+        timeout=httpx.Timeout(10.0, connect=2.0),
+        transport=transport,
+        event_hooks=event_hooks,
     )

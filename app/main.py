@@ -8,7 +8,7 @@ The middleware stack, outermost first:
    log line and a 499/504/503/408. Outermost, so it sees the request before
    anything reads its body.
 2. ``LiveStatsMiddleware`` - counts requests for the search page's live panel (``GET /stats``).
-3. ``DebugMiddleware`` - only with ``DEMO_DEBUG=1``.
+3. ``DebugMiddleware`` - only with ``DEMO_DEBUG=1``: records each request (``app.debug``).
 4. Starlette's own error middleware, with the problem+json handlers of ``app.problems``.
 """
 
@@ -27,8 +27,9 @@ from request_aborted import (
 
 from .debug import DebugEvents, DebugMiddleware
 from .lifespan import demo_lifespan
+from .live_stats import LiveStats, LiveStatsMiddleware
 from .logs import configure_logging
-from .metrics import DemoMetrics, LiveStatsMiddleware
+from .metrics import DemoMetrics
 from .problems import EXCEPTION_HANDLERS
 from .routes import build_routes
 from .routes.page import page_routes
@@ -42,11 +43,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     metrics = DemoMetrics()
+    live = LiveStats()
     debug = DebugEvents() if settings.debug_events else None
     lifetime = ApplicationLifetime(grace=settings.shutdown_grace)
 
     def on_abort(scope: Scope, reason: BaseException, elapsed: float) -> None:
         metrics.abort_hook(scope, reason, elapsed)
+        live.on_abort(scope, reason)
         if debug is not None:
             debug.on_abort(scope, reason, elapsed)
 
@@ -62,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             min_send_rate=_rate(settings.min_send_rate),
             min_receive_rate=_rate(settings.min_receive_rate),
         ),
-        Middleware(LiveStatsMiddleware, stats=metrics.live),
+        Middleware(LiveStatsMiddleware, stats=live),
     ]
     if debug is not None:
         middleware.append(Middleware(DebugMiddleware, events=debug))
@@ -77,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=dict(EXCEPTION_HANDLERS),
         # ApplicationLifetime.lifespan is typed as returning an AsyncIterator; it is in fact the
         # async context manager factory Starlette expects.
-        lifespan=lifetime.lifespan(demo_lifespan(settings, lifetime, metrics, debug)),
+        lifespan=lifetime.lifespan(demo_lifespan(settings, lifetime, metrics, live, debug)),
     )
 
 

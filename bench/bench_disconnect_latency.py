@@ -96,6 +96,7 @@ class Load:
 
     server: str
     connections: int
+    path: str
     result: WrkResult | None = None
     load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute, at the start and at the end
 
@@ -114,7 +115,10 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
     "uvicorn httptools": lambda port: uvicorn_argv("latency", port, http="_seen:HttpToolsSeen"),
     "hypercorn": lambda port: hypercorn_argv("latency", port),
 }
-LOAD_PATH = "/plaintext-token"
+LOAD_PATHS = {  # what wrk may load, and what it is in bench_overhead.py's terms
+    "/plaintext-token": "the (c) endpoint, `sleep(0)` inside `token.scope()`",
+    "/plaintext": "the (b) endpoint, token unused",
+}
 
 
 def one_request(port: int, path: str, mode: str, settle: float) -> float:
@@ -236,7 +240,7 @@ def report(args: argparse.Namespace, outcomes: list[Outcome]) -> str:
     loads = {id(o.load): o.load for o in outcomes if o.load is not None and o.load.result}
     loaded = "".join(
         f" **Under load** ({load.server}): all the while `wrk -t1 -c{load.connections}` loaded "
-        f"`{LOAD_PATH}` (the (c) endpoint, `sleep(0)` inside `token.scope()`) on the same "
+        f"`{load.path}` ({LOAD_PATHS[load.path]}) on the same "
         f"server: {load.result.requests} requests in {load.result.seconds:.1f} s, "
         f"{load.result.rps:.0f} req/s, {load.result.errors} errors; wrk and this client "
         "shared the client core. Load average (1 min) on the machine "
@@ -283,10 +287,10 @@ def report(args: argparse.Namespace, outcomes: list[Outcome]) -> str:
     )
 
 
-def start_load(port: int, connections: int, seconds: float) -> subprocess.Popen[str]:
-    """wrk on the client core against ``LOAD_PATH``, for at most ``seconds``."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s"]
-    argv.append(f"http://127.0.0.1:{port}{LOAD_PATH}")
+def start_load(port: int, load: Load, seconds: float) -> subprocess.Popen[str]:
+    """wrk on the client core against ``load.path``, for at most ``seconds``."""
+    argv = ["wrk", "-t1", f"-c{load.connections}", f"-d{seconds:g}s", "--timeout", "5s"]
+    argv.append(f"http://127.0.0.1:{port}{load.path}")
     return subprocess.Popen(
         pinned(CLIENT_CPU, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -310,12 +314,14 @@ def run_server(args: argparse.Namespace, name: str, argv: list[str], port: int) 
     with Server(name.replace(" ", "-"), argv, port, "/plaintext") as server:
         for _ in range(20):  # warm up the server's code paths
             get(server.url("/plaintext"))
-        for load in [None, Load(name, args.load_connections)] if args.load else [None]:
+        for load in (
+            [None, Load(name, args.load_connections, args.load_path)] if args.load else [None]
+        ):
             wrk = None
             deadline = float("inf")
             if load is not None:
                 load.load_average = (os.getloadavg()[0], 0.0)
-                wrk = start_load(port, load.connections, args.load_seconds)
+                wrk = start_load(port, load, args.load_seconds)
                 deadline = time.monotonic() + args.load_seconds - 1.0
                 time.sleep(1.0)  # wrk connected and the server busy before the first sample
             try:
@@ -354,9 +360,15 @@ def main() -> None:
         help="run server and client SCHED_FIFO at this priority (chrt -f), above other work",
     )
     parser.add_argument(
-        "--load", action="store_true", help="measure under wrk load on /plaintext-token"
+        "--load", action="store_true", help="measure idle, then under wrk load (--load-path)"
     )
     parser.add_argument("--load-connections", type=int, default=16, help="wrk -c (default 16)")
+    parser.add_argument(
+        "--load-path",
+        choices=list(LOAD_PATHS),
+        default="/plaintext-token",
+        help="what wrk loads (default /plaintext-token, the throughput run's (c))",
+    )
     parser.add_argument(
         "--load-seconds",
         type=float,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import case, distinct, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -153,7 +154,7 @@ class SalesRepository:
         async with cancellable(self._session, token):
             result = await self._session.stream(statement)
             async for partition in result.partitions():
-                yield [tuple(row) for row in partition]
+                yield cast(list[ExportRow], [tuple(row) for row in partition])  # one per batch
 
 
 def _as_date(value: dt.date | str) -> dt.date:

@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 from request_aborted import Readiness, inject
 
 from ..benchmark import ignoring_cancellation
-from ..debug import DebugEvents
+from ..debug import DebugEvents, debug_routes
 from ..metrics import DemoMetrics
 from .health import healthz
 from .orders import place_order
@@ -42,5 +42,5 @@ def build_routes(
         Route("/metrics", metrics.endpoint),
     ]
     if debug is not None:
-        routes.append(Route("/debug/events", debug.endpoint))
+        routes += debug_routes(debug)
     return routes

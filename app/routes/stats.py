@@ -16,5 +16,5 @@ __all__ = ["stats"]
 
 
 async def stats(request: Request, _token: CancellationToken) -> JSONResponse:
-    snapshot = services(request).metrics.live.snapshot()
+    snapshot = services(request).live.snapshot()
     return JSONResponse(snapshot, headers={"cache-control": "no-store"})

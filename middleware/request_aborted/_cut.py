@@ -25,12 +25,11 @@ daphne                                 nothing: the connection stays open until 
 
 (Raising instead is worse: uvicorn, hypercorn and granian log every exception with its
 traceback.) So where the server lets us reach the connection we close it ourselves first:
-uvicorn's request cycle and gunicorn's protocol hold its asyncio ``transport`` (found as
-``_rates.abort_transport`` finds it), daphne's ``send`` is bound to the twisted request (found
-in the task that runs the request: Starlette wraps ``send`` before our middleware sees it). On the
-asyncio servers the app then waits until the server has heard the connection is gone (its
-protocol's ``connection_lost`` ran, after which the transport has no protocol), so the server's
-own check finds a lost client and stays quiet. Everywhere else returning is enough.
+uvicorn's request cycle and gunicorn's protocol hold its asyncio ``transport``, daphne's ``send``
+is bound to the twisted request (``_servers`` finds them, the one place that reads servers'
+internals). On the asyncio servers the app then waits until the server has heard the connection
+is gone (its protocol's ``connection_lost`` ran, after which the transport has no protocol), so
+the server's own check finds a lost client and stays quiet. Everywhere else returning is enough.
 
 ``close()``, not ``abort()``: what was written is still flushed, so the client keeps every byte
 the response got out before the cut. A client that does not read it within ``FLUSH_GRACE`` gets
@@ -41,9 +40,9 @@ closed: returning leaves the stream to the server.
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
+
+from ._servers import Transport, connection_transport, request_task, twisted_request
 
 if TYPE_CHECKING:
     from starlette.types import Send
@@ -56,16 +55,6 @@ _POLL: Final = 0.01
 _HTTP1: Final = ("1.0", "1.1")
 
 
-class _Transport(Protocol):
-    """The part of an asyncio transport (uvloop's too) that closing it needs."""
-
-    def close(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-    def get_protocol(self) -> object: ...
-
-
 async def cut_connection(server_send: Send, http_version: str) -> None:
     """Close the HTTP/1 connection under a started response, where the server lets us find it.
 
@@ -74,22 +63,17 @@ async def cut_connection(server_send: Send, http_version: str) -> None:
     """
     if http_version not in _HTTP1:
         return
-    caller = _task_caller()
-    transport = _asyncio_transport(getattr(server_send, "__self__", None), caller.get("self"))
+    task = request_task()
+    transport = connection_transport(server_send, task)
     if transport is not None:
         await _close(transport)
         return
-    # daphne: the app it runs gets send=functools.partial(server.handle_reply, request), the
-    # request a twisted one. Our send is often Starlette's wrapper of it: look at the app's too.
-    for send in (server_send, caller.get("send")):
-        if isinstance(send, functools.partial) and send.args:
-            lose = getattr(send.args[0], "loseConnection", None)
-            if callable(lose):
-                lose()  # flushes what was written, then ends the connection
-                return
+    request = twisted_request(server_send, task)
+    if request is not None:
+        request.loseConnection()  # flushes what was written, then ends the connection
 
 
-async def _close(transport: _Transport) -> None:
+async def _close(transport: Transport) -> None:
     transport.close()
     loop = asyncio.get_running_loop()
     abort_at = loop.time() + FLUSH_GRACE
@@ -104,33 +88,3 @@ async def _close(transport: _Transport) -> None:
             abort_at = give_up_at
         await asyncio.sleep(delay)
         delay = _POLL
-
-
-def _asyncio_transport(*owners: object) -> _Transport | None:
-    """The first owner's asyncio transport: uvicorn's request cycle, gunicorn's protocol.
-
-    Duck-typed: uvloop's transports do not derive from ``asyncio.Transport``.
-    """
-    for owner in owners:
-        transport = getattr(owner, "transport", None)
-        if all(
-            callable(getattr(transport, name, None))
-            for name in ("close", "abort", "get_protocol", "get_extra_info")
-        ):
-            return transport
-    return None
-
-
-def _task_caller() -> Mapping[str, object]:
-    """The locals of the outermost coroutine of the task that runs the request.
-
-    That coroutine is the server's (uvicorn's ``run_asgi``, whose ``self`` is the request cycle;
-    gunicorn's protocol, whose ``send`` is a closure) or, on daphne, the app it called with its
-    own ``send``. Starlette wraps ``send`` before our middleware sees it, hence the look there.
-    """
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # not asyncio (trio): hypercorn closes the connection itself
-        return {}
-    frame = None if task is None else getattr(task.get_coro(), "cr_frame", None)
-    return {} if frame is None else frame.f_locals

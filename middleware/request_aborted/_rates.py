@@ -23,15 +23,10 @@ The rules are Kestrel's:
 
 Off unless configured: a request of a middleware without rates never reaches this module.
 
-Closing the connection is a server fast path with a generic fallback:
+Closing the connection is a server fast path with a generic fallback (``_servers``):
 
-* **uvicorn (the fast path)**: the connection's transport is aborted, which also ends a
-  ``send()`` blocked in backpressure, so nothing stays behind. ASGI offers no way to reach the
-  connection, so ``uvicorn_transport`` reads uvicorn's internals: the ``transport`` attribute of
-  its request cycle. It matches that shape rather than uvicorn's class names, and
-  ``tests/request_aborted/middleware/test_rates_uvicorn.py`` runs it against every installed
-  uvicorn HTTP implementation and event loop, so the release that stops matching fails a test
-  instead of silently taking the fallback.
+* **uvicorn and gunicorn (the fast path)**: the connection's transport is aborted, which also ends
+  a ``send()`` blocked in backpressure, so nothing stays behind;
 * **everywhere else (the fallback)**, and on HTTP/2 and HTTP/3 connections (they carry other
   requests' streams, so they are never aborted): the blocked ``send()`` is cancelled and raises
   ``OperationCancelled``, and the server closes the connection when the client reads or leaves.
@@ -45,15 +40,16 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ._exceptions import ClientTooSlow, OperationCancelled
 from ._loop import Handle, Loop, running_loop
+from ._servers import connection_transport, request_task
 
 if TYPE_CHECKING:
     from starlette.types import Message, Scope, Send
 
-__all__ = ["MinDataRate", "RateWatch", "Transfer", "uvicorn_transport"]
+__all__ = ["MinDataRate", "RateWatch", "Transfer"]
 
 _HTTP1 = ("1.0", "1.1")
 
@@ -125,7 +121,7 @@ class RateWatch:
         self._send_rate = send_rate
         self._receive_rate = receive_rate
         self._loop: Loop | None = None
-        self._task = _current_task()
+        self._task = request_task()
         self._timer: Handle | None = None
         self._timer_at = 0.0
         self._reason: ClientTooSlow | None = None
@@ -163,7 +159,7 @@ class RateWatch:
         self._last_size = size
         self._deadline = time.monotonic() + max(rate.grace, flushing / rate.bytes_per_second)
         self._blocked += 1
-        self._sender = _current_task()
+        self._sender = request_task()
         self._arm(self._deadline)
         try:
             await self._transfer.send(message)
@@ -270,50 +266,15 @@ class RateWatch:
 
 
 def abort_transport(server_send: Send, task: asyncio.Task[object] | None) -> bool:
-    """Drop the connection under the request at once, if the server lets us find it (uvicorn).
+    """Drop the connection under the request at once, if the server lets us find it.
 
     ``abort()``, not ``close()``: ``close()`` waits for buffered data to be flushed, which a
     client that stopped reading never lets happen; ``abort()`` drops it and the server hears of a
     lost connection (uvicorn then ends the blocked ``send()`` quietly). ``False``: not found, the
     caller takes the fallback (see the module docstring).
     """
-    transport = uvicorn_transport(server_send, task)
+    transport = connection_transport(server_send, task)
     if transport is None:
         return False
     transport.abort()  # also when closing: a close waiting for a flush that will never come
     return True
-
-
-def uvicorn_transport(server_send: Send, task: asyncio.Task[object] | None) -> Any:
-    """uvicorn's transport for the connection of the request ``task`` runs, or ``None``.
-
-    The fast path's one contact with uvicorn internals, checked against the installed uvicorn
-    (each HTTP implementation and event loop) by ``test_rates_uvicorn.py``. uvicorn's ``send``
-    is a method of its ``RequestResponseCycle``, which holds the connection's ``transport``; the
-    cycle is also ``self`` in ``run_asgi``, the coroutine of the task that runs the request, where
-    it is found when a framework wrapped ``send`` in a closure before us (Starlette's outermost
-    error middleware does). The transport is duck-typed: uvloop's have ``abort()`` but do not
-    derive from ``asyncio.Transport``.
-    """
-    for owner in (getattr(server_send, "__self__", None), _task_owner(task)):
-        transport = getattr(owner, "transport", None)
-        if callable(getattr(transport, "abort", None)) and callable(
-            getattr(transport, "get_extra_info", None)
-        ):
-            return transport
-    return None
-
-
-def _current_task() -> asyncio.Task[object] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # not asyncio (trio): no task to cancel, no uvicorn to find
-        return None
-
-
-def _task_owner(task: asyncio.Task[object] | None) -> object:
-    """``self`` of the outermost coroutine of ``task`` (uvicorn: the request cycle), if any."""
-    if task is None:
-        return None
-    frame = getattr(task.get_coro(), "cr_frame", None)
-    return None if frame is None else frame.f_locals.get("self")

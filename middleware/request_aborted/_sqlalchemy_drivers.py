@@ -28,10 +28,9 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
-if TYPE_CHECKING:
-    from ._sqlalchemy_pgcancel import SideCanceller
+from ._sqlalchemy_pgcancel import SideCanceller
 
 __all__ = [
     "GuardedCursor",
@@ -39,6 +38,7 @@ __all__ = [
     "deadline_statement",
     "interrupter_for",
     "is_interruption",
+    "lost_its_transaction",
 ]
 
 QUERY_CANCELED: Final = "57014"
@@ -119,16 +119,23 @@ def interrupter_for(
     driver_connection: object, side: Callable[[], SideCanceller | None]
 ) -> Interrupter | None:
     """The interrupter for a driver connection, or ``None`` for drivers we cannot interrupt."""
-    module = type(driver_connection).__module__
-    if module.startswith("asyncpg"):
+    if _comes_from(driver_connection, "asyncpg"):
         return _AsyncpgCancel(driver_connection, side)
-    if module == "psycopg" or module.startswith("psycopg."):
+    if _comes_from(driver_connection, "psycopg"):
         # Only the asyncio connection: a sync one (a sync engine) has no loop to interrupt from.
         is_async = type(driver_connection).__name__.startswith("Async")
         return _PsycopgCancel(driver_connection, side) if is_async else None
-    if module.startswith("aiosqlite"):
+    if _comes_from(driver_connection, "aiosqlite"):
         return _SqliteInterrupt(driver_connection)
     return None
+
+
+def _comes_from(driver_connection: object, package: str) -> bool:
+    """Whether the connection's class is the driver's, or derives from it (``connection_class``)."""
+    return any(
+        cls.__module__ == package or cls.__module__.startswith(package + ".")
+        for cls in type(driver_connection).__mro__
+    )
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -154,6 +161,25 @@ def is_interruption(error: BaseException) -> bool:
         if isinstance(current, sqlite3.OperationalError) and str(current) == "interrupted":
             return True
     return False
+
+
+def lost_its_transaction(pooled: Any) -> bool:
+    """Whether an interruption left the driver believing in a transaction the server never began.
+
+    asyncpg's ``Transaction.start`` makes itself the connection's transaction before it sends
+    BEGIN and stays so when BEGIN fails: once a cancel has landed on BEGIN itself, every later
+    statement on that connection would be sent as a SAVEPOINT and fail ("SAVEPOINT can only be
+    used in transaction blocks"). The server is idle then, where a cancel landing on any later
+    statement of the transaction leaves it in the aborted transaction. asyncpg offers no public
+    way to forget the transaction, so such a connection is discarded (a reconnect, in a race a few
+    microseconds wide). ``pooled``: SQLAlchemy's pooled connection.
+    """
+    driver = getattr(pooled, "driver_connection", None)
+    if driver is None or not _comes_from(driver, "asyncpg"):
+        return False
+    if getattr(pooled.dbapi_connection, "autocommit", False):
+        return False  # no BEGIN, no transaction object
+    return not driver.is_closed() and not driver.is_in_transaction()
 
 
 def deadline_statement(paramstyle: str) -> str:

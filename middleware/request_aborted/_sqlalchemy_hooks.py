@@ -29,7 +29,12 @@ from sqlalchemy.util.concurrency import in_greenlet
 from request_aborted import CancellationToken, DeadlineExceeded, OperationCancelled
 
 from ._budget import budget_spent, deadline_reason
-from ._sqlalchemy_drivers import GuardedCursor, deadline_statement, is_interruption
+from ._sqlalchemy_drivers import (
+    GuardedCursor,
+    deadline_statement,
+    is_interruption,
+    lost_its_transaction,
+)
 from ._sqlalchemy_guard import GUARD_KEY, Binding, Guard, Refused, await_in_greenlet, guard_of
 from ._sqlalchemy_pgcancel import close_side_canceller
 from ._sqlalchemy_poolwait import make_waits_cancellable
@@ -113,8 +118,18 @@ def _handle_error(context: ExceptionContext) -> BaseException | None:
         reason = _pushed_deadline_reason(token, guard.deadline_ms / 1000)
     if reason is None:
         return None  # somebody else's cancel (an admin, the session's own statement_timeout)
-    context.is_disconnect = False
+    # The connection stays in the pool, unless the interruption cut BEGIN itself: then it goes,
+    # alone (the rest of the pool is fine).
+    context.is_disconnect = _begin_was_cut(conn)
+    context.invalidate_pool_on_disconnect = False
     return OperationCancelled(reason)
+
+
+def _begin_was_cut(conn: Connection | None) -> bool:
+    try:
+        return conn is not None and lost_its_transaction(conn.connection)
+    except Exception:  # closed or invalidated meanwhile: SQLAlchemy deals with it as it is
+        return False
 
 
 def _pushed_deadline_reason(token: CancellationToken, budget: float) -> BaseException:

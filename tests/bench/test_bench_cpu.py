@@ -50,6 +50,7 @@ def test_json_has_a_cost_per_variant_and_each_difference_with_its_goal() -> None
         "requests": 5,
         "concurrency": 1,
         "loop": "uvloop",
+        "endpoint": "plaintext",
         "candidates": [],
     }
 
@@ -87,3 +88,17 @@ def test_a_candidate_folder_without_the_package_is_refused(tmp_path: Path) -> No
     )
     assert done.returncode != 0
     assert "imported from" in done.stderr
+
+
+def test_profile_names_where_one_variants_time_went_instead_of_measuring() -> None:
+    text = run("--profile", "c")
+    assert text.startswith("(c) the middleware")
+    assert "Ordered by: internal time" in text
+    assert "request_aborted" in text
+    assert "| difference" not in text
+
+
+def test_the_json_family_is_measured_with_the_same_variants() -> None:
+    found = json.loads(run("--json", "--endpoint", "json"))
+    assert set(found["variants"]) == VARIANTS
+    assert found["settings"]["endpoint"] == "json"

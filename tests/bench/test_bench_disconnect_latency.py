@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "bench_disconnect_latency.py"
 TINY = ["--servers", "uvicorn httptools", "--requests", "3", "--settle", "0.2", "--no-write"]
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def run(*args: str) -> str:

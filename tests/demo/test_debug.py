@@ -2,7 +2,7 @@
 
 The debug endpoints used to answer anyone on whatever interface uvicorn bound, let anyone clear
 the record, grow it without limit, and walk the whole heap (0.26 s of CPU) on every
-``/debug/internals``.
+``/debug/internals``. They are routes now, mounted behind a loopback-only gate.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.types import Message, Scope
+from starlette.applications import Starlette
+from starlette.types import Message
 
-from app.debug import DebugEvents, DebugMiddleware
+from app.debug import DebugEvents, Internals, debug_routes
 
 from ._support import Demo
 
@@ -65,11 +66,11 @@ def test_internals_neither_collect_nor_walk_the_heap(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(gc, "collect", forbidden)
 
     async def read() -> dict[str, object]:
-        return DebugEvents().internals()
+        return Internals(None, []).snapshot()
 
     seen: dict[str, Any] = asyncio.run(read())
 
-    assert seen["requests"]["in_flight"] == 0
+    assert seen["tasks"]["count"] == 1  # read() itself
     assert seen["http_pools"] == []  # none handed over
 
 
@@ -83,22 +84,21 @@ def test_the_event_record_is_a_ring_and_the_counts_go_on() -> None:
 
 
 @pytest.mark.parametrize(
-    ("client", "status"),
+    ("client", "allowed"),
     [
-        (("127.0.0.1", 5000), 200),
-        (("127.8.9.10", 5000), 200),
-        (("::1", 5000), 200),
-        (("10.0.0.5", 5000), 404),
-        (("::ffff:203.0.113.7", 5000), 404),
-        (None, 404),
-        (("testclient", 50000), 404),
+        (("127.0.0.1", 5000), True),
+        (("127.8.9.10", 5000), True),
+        (("::1", 5000), True),
+        (("10.0.0.5", 5000), False),
+        (("::ffff:203.0.113.7", 5000), False),
+        (None, False),
+        (("testclient", 50000), False),
     ],
 )
-def test_debug_paths_answer_loopback_clients_only(client: object, status: int) -> None:
+def test_debug_paths_answer_loopback_clients_only(client: object, allowed: bool) -> None:
     sent: list[Message] = []
-
-    async def app(scope: Scope, receive: object, send: object) -> None:
-        raise AssertionError("a debug path never reaches the app")
+    events = DebugEvents()
+    events.record("request.started", path="/search")
 
     async def receive() -> Message:
         return {"type": "http.request", "body": b""}
@@ -106,7 +106,8 @@ def test_debug_paths_answer_loopback_clients_only(client: object, status: int) -
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/debug/internals", "client": client,
+    scope = {"type": "http", "method": "DELETE", "path": "/debug/events", "client": client,
              "headers": [], "query_string": b""}  # fmt: skip
-    asyncio.run(DebugMiddleware(app, events=DebugEvents())(scope, receive, send))
-    assert sent[0]["status"] == status
+    asyncio.run(Starlette(routes=debug_routes(events))(scope, receive, send))
+    assert sent[0]["status"] == (204 if allowed else 404)
+    assert len(events.events) == (0 if allowed else 1)  # only loopback clients may clear

@@ -38,6 +38,7 @@ from tests._fixtures.servers import ROOT, ServerProcess, start_server
 from tests.demo._support import Demo, assert_no_traceback
 
 __all__ = [
+    "DATABASES",
     "PG_ROWS",
     "SQLITE_ROWS",
     "Curl",
@@ -45,6 +46,7 @@ __all__ = [
     "busy_backends",
     "curls",
     "deadline_headers",
+    "demo_on",
     "held_lock",
     "internals",
     "postgres_copy",
@@ -135,6 +137,30 @@ def running_demo(directory: Path, database: Path | PostgresDatabase, **env: str)
     finally:
         for server in servers:
             server.stop()
+
+
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+"""The params of a module's ``demo`` fixture that runs on both databases (see ``demo_on``)."""
+
+
+@contextlib.contextmanager
+def demo_on(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str, **env: str
+) -> Iterator[Demo]:
+    """The demo on a fresh copy of the database ``request.param`` names (one of ``DATABASES``).
+
+    For a module-scoped fixture: ``params=DATABASES``, then ``with demo_on(request,
+    tmp_path_factory, "curl") as demo: yield demo``. ``name`` names the directory of its files.
+    """
+    directory = tmp_path_factory.mktemp(f"{name}-{request.param}")
+    if request.param == "sqlite":
+        database: Path | PostgresDatabase = sqlite_copy(tmp_path_factory, directory)
+        with running_demo(directory, database, **env) as running:
+            yield running
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    with postgres_copy(server) as database, running_demo(directory, database, **env) as running:
+        yield running
 
 
 @contextlib.contextmanager

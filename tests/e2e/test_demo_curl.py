@@ -20,18 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures.postgres import PostgresDatabase, PostgresServer
+from tests._fixtures.postgres import PostgresDatabase
 from tests.demo._support import PROMPTLY, Demo, assert_quiet_abort, named, wait_until
 
 from ._demo import (
+    DATABASES,
     Curl,
     busy_backends,
     curls,
+    demo_on,
     held_lock,
     internals,
-    postgres_copy,
-    running_demo,
-    sqlite_copy,
 )
 
 pytestmark = pytest.mark.e2e
@@ -42,20 +41,11 @@ EXPORT = "/reports/sales/export"
 UPLOAD_BYTES = 12 * 1024 * 1024
 
 
-@pytest.fixture(
-    scope="module",
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
+@pytest.fixture(scope="module", params=DATABASES)
 def demo(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Demo]:
-    directory = tmp_path_factory.mktemp(f"curl-{request.param}")
-    if request.param == "sqlite":
-        with running_demo(directory, sqlite_copy(tmp_path_factory, directory)) as running:
-            yield running
-        return
-    server: PostgresServer = request.getfixturevalue("postgres")
-    with postgres_copy(server) as database, running_demo(directory, database) as running:
+    with demo_on(request, tmp_path_factory, "curl") as running:
         yield running
 
 

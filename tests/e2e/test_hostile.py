@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures.postgres import PostgresServer
 from tests.demo._support import Demo, open_request, read_response, wait_until
 
-from ._demo import assert_clean_log, postgres_copy, running_demo, sqlite_copy
+from ._demo import DATABASES, assert_clean_log, demo_on, running_demo, sqlite_copy
 
 pytestmark = pytest.mark.e2e
 
@@ -29,20 +28,11 @@ ALLOWED_GROWTH = 48 * MB
 """What the server's peak RSS may grow by while refusing a 200 MB body (it grew by 600 MB)."""
 
 
-@pytest.fixture(
-    scope="module",
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
+@pytest.fixture(scope="module", params=DATABASES)
 def demo(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Demo]:
-    directory = tmp_path_factory.mktemp(f"hostile-{request.param}")
-    if request.param == "sqlite":
-        with running_demo(directory, sqlite_copy(tmp_path_factory, directory)) as running:
-            yield running
-        return
-    server: PostgresServer = request.getfixturevalue("postgres")
-    with postgres_copy(server) as database, running_demo(directory, database) as running:
+    with demo_on(request, tmp_path_factory, "hostile") as running:
         yield running
 
 

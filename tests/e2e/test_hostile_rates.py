@@ -15,10 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests._fixtures.postgres import PostgresServer
 from tests.demo._support import Demo, open_request, read_response, wait_until
 
-from ._demo import assert_clean_log, postgres_copy, running_demo, sqlite_copy
+from ._demo import DATABASES, assert_clean_log, demo_on
 
 pytestmark = pytest.mark.e2e
 
@@ -34,21 +33,11 @@ RATES = {
 }
 
 
-@pytest.fixture(
-    scope="module",
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
+@pytest.fixture(scope="module", params=DATABASES)
 def demo(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Demo]:
-    directory = tmp_path_factory.mktemp(f"rates-{request.param}")
-    if request.param == "sqlite":
-        database = sqlite_copy(tmp_path_factory, directory)
-        with running_demo(directory, database, **RATES) as running:
-            yield running
-        return
-    server: PostgresServer = request.getfixturevalue("postgres")
-    with postgres_copy(server) as pg, running_demo(directory, pg, **RATES) as running:
+    with demo_on(request, tmp_path_factory, "rates", **RATES) as running:
         yield running
 
 

@@ -11,6 +11,8 @@ sources' history, not from the reports themselves) and checks the invariants tha
   not leak the connection.
 * asyncpg#1156: a cancelled query must leave the protocol usable - no "another operation is in
   progress/cancelling" - and a cancel must never land on the *next* statement.
+* asyncpg's ``Transaction.start`` (0.32) keeps a BEGIN that failed as the connection's
+  transaction: a cancel landing on BEGIN must not leave that connection in the pool.
 
 Timings are randomised with fixed seeds: each test walks many cancellation points.
 """
@@ -361,3 +363,49 @@ def test_a_cancel_inside_the_commit_or_rollback_hook_leaves_no_transaction_poole
 
     states = run(main())
     assert not any(state and state.startswith("idle in transaction") for state in states)
+
+
+def test_a_cancel_that_lands_on_begin_leaves_no_poisoned_connection_pooled(
+    postgres_db: PostgresDatabase,
+) -> None:
+    """asyncpg's ``Transaction.start`` makes itself the connection's transaction before it sends
+    BEGIN and stays so when BEGIN fails: after a cancel lands on BEGIN, every later statement on
+    that connection is sent as a SAVEPOINT and fails ("SAVEPOINT can only be used in transaction
+    blocks", seen once in the stress test). The pool must never hand such a connection out."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    source = CancellationTokenSource()
+    cut: list[CancellationTokenSource] = []
+
+    class BeginCut(asyncpg.Connection):  # type: ignore[misc]
+        """Answers the first BEGIN as a cancel landing on it does, after firing the token."""
+
+        async def execute(self, query: str, *args: object, **options: object) -> str:
+            if cut and query.startswith("BEGIN"):
+                cut.pop().cancel()
+                raise asyncpg.exceptions.QueryCanceledError("canceling statement: user request")
+            result: str = await super().execute(query, *args, **options)
+            return result
+
+    async def main() -> int | None:
+        engine = engine_for(
+            postgres_db.dsn,
+            pool_size=1,
+            max_overflow=0,
+            connect_args={"connection_class": BeginCut},
+        )
+        try:
+            async with AsyncSession(engine) as session:  # the pool's connection, initialised
+                await session.execute(text("SELECT 1"))
+            cut.append(source)
+            with pytest.raises(OperationCancelled):
+                async with AsyncSession(engine) as session, cancellable(session, source.token):
+                    await session.execute(text("SELECT 1"))
+            assert not cut  # BEGIN was cut
+            async with AsyncSession(engine) as session:  # the pool's one connection, or its heir
+                value: int | None = await session.scalar(text("SELECT 1"))
+                return value
+        finally:
+            await engine.dispose()
+
+    assert run(main()) == 1

@@ -1,11 +1,12 @@
-"""The minimum-rate cut's uvicorn fast path still finds uvicorn's connection.
+"""uvicorn's connection is still found where ``_servers`` looks for it, in every setup installed.
 
 A client too slow to read has its connection aborted through uvicorn's transport, which
-``_rates.uvicorn_transport`` finds in uvicorn's internals (nothing in ASGI exposes it). These tests
-run a real uvicorn, in this process on 127.0.0.1, for every HTTP implementation and event loop
-installed, and fail the day a uvicorn release stops matching: the library would silently take
-the fallback (cancelling the blocked ``send()``) and a stalled reader would keep its connection
-until it reads or leaves. The transport found must be the one of the client's own connection.
+``_servers.connection_transport`` finds in uvicorn's internals (nothing in ASGI exposes it). These
+tests run a real uvicorn, in this process on 127.0.0.1, for every HTTP implementation and event loop
+installed, and fail the day a uvicorn release stops matching: the library would silently take the
+fallback (cancelling the blocked ``send()``) and a stalled reader would keep its connection until
+it reads or leaves. The transport found must be the one of the client's own connection. The other
+servers, each in its own process: ``tests/e2e/test_server_transports.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
-from request_aborted._rates import uvicorn_transport
+from request_aborted._servers import connection_transport
 
 HTTP = [
     "h11",
@@ -53,7 +54,7 @@ class Probe:
         self.found = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        transport = uvicorn_transport(send, asyncio.current_task())
+        transport = connection_transport(send, asyncio.current_task())
         self.found = transport is not None
         if transport is not None:
             self.peer = transport.get_extra_info("peername")
@@ -93,7 +94,7 @@ def serve_one_request(app: Callable[..., Any], http: str, loop: str) -> tuple[st
 def test_uvicorns_transport_is_found_through_its_own_send(http: str, loop: str) -> None:
     probe = Probe()
     address = serve_one_request(probe, http, loop)
-    assert probe.found, f"uvicorn ({http}, {loop}) no longer matches the rate watch's fast path"
+    assert probe.found, f"uvicorn ({http}, {loop}) no longer matches _servers.connection_transport"
     assert probe.peer == address
 
 
@@ -104,5 +105,5 @@ def test_uvicorns_transport_is_found_under_starlettes_wrapped_send(http: str, lo
     # Starlette's error middleware hands the app a closure, not uvicorn's bound send: the
     # transport is found through the request task instead.
     address = serve_one_request(Starlette(routes=[Mount("/", app=probe)]), http, loop)
-    assert probe.found, f"uvicorn ({http}, {loop}) no longer matches the rate watch's fast path"
+    assert probe.found, f"uvicorn ({http}, {loop}) no longer matches _servers.connection_transport"
     assert probe.peer == address
