@@ -304,15 +304,18 @@ async def drive(
     return sorted(outcomes, key=lambda outcome: outcome.plan.index)
 
 
+# -- what both modes share: the quiet server, its descriptors, the inspection -------------------
+
+
 @dataclass
-class Soak:
-    """What the soak saw; each field is one of the properties in the module docstring."""
+class Inspection:
+    """What both modes check once the load is gone (the demo's internals before and after, its
+    log, the uploads and orders on disk); each mode adds its own fields."""
 
     outcomes: list[Outcome]
     seconds: float
     before: dict[str, Any]
     after: dict[str, Any]
-    app_backends: list[Any]
     log_errors: list[str]
     partial_uploads: list[str]
     torn_orders: list[str]
@@ -320,15 +323,6 @@ class Soak:
     orders_committed: int
     descriptors_before: Counter[str]
     descriptors_after: Counter[str]
-    counts: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def failed_clients(self) -> list[Outcome]:
-        return [outcome for outcome in self.outcomes if outcome.failed]
-
-    @property
-    def vanished(self) -> int:
-        return sum(outcome.vanished for outcome in self.outcomes)
 
     @property
     def http_slots_in_use(self) -> int:
@@ -339,14 +333,78 @@ class Soak:
         return int(self.after["rss_bytes"] - self.before["rss_bytes"])
 
 
-def other_descriptors(seen: dict[str, Any], database_port: int, upstream_port: int) -> Counter[str]:
-    """Open descriptors that no pool accounts for: everything but DB and upstream connections."""
+def clear_events(demo: Demo) -> None:
+    """Empty the demo's debug record: it is not what a soak measures, and it grows per request."""
+    httpx.delete(demo.url + "/debug/events", timeout=10).raise_for_status()
+
+
+def quiet(demo: Demo, timeout: float) -> dict[str, Any]:
+    """The demo's internals once nothing runs any more, its debug record emptied first."""
+    clear_events(demo)
+    return wait_until_quiet(demo, timeout=timeout)
+
+
+def descriptors_besides_pools(
+    seen: dict[str, Any], sockets: tuple[str, ...], database: Path | None = None
+) -> Counter[str]:
+    """Open descriptors that no pool accounts for, by kind.
+
+    ``sockets`` are the pools' peers as the inspection names them (``127.0.0.1:PORT`` for a
+    connection out, ``inbound:PORT`` for one into an in-process server): a pooled connection is
+    the pool's business, not a leak. A pooled SQLite connection holds the ``database`` file and
+    its WAL files open; the pool grows to its size as the load needs, so how many it keeps after
+    a soak is the pool's business too (``db_pool`` in the inspection).
+    """
     fds = seen["fds"]
     other: Counter[str] = Counter(fds["by_kind"])
-    sockets = fds["sockets"]
-    other["socket"] -= sockets.get(f"127.0.0.1:{database_port}", 0)
-    other["socket"] -= sockets.get(f"127.0.0.1:{upstream_port}", 0)
+    for peer in sockets:
+        other["socket"] -= fds["sockets"].get(peer, 0)
+    if database is not None:
+        other["file"] -= database_descriptors(seen, database)
     return other
+
+
+def database_descriptors(seen: dict[str, Any], database: Path) -> int:
+    """Descriptors open on the SQLite database and its ``-wal``/``-shm``/``-journal`` files."""
+    path = os.path.realpath(database)
+    return sum(
+        count
+        for target, count in seen["fds"]["files"].items()
+        if target == path or target.startswith(path + "-")
+    )
+
+
+def error_lines(logs: str, *, besides: str | None = None) -> list[str]:
+    """ERROR and CRITICAL lines and tracebacks; ``besides`` is a line counted apart."""
+    return [
+        line
+        for line in logs.splitlines()
+        if (re.match(r"(ERROR|CRITICAL)\b", line) and line != besides) or "Traceback" in line
+    ]
+
+
+def partial_uploads(demo: Demo) -> list[str]:
+    """Upload files left half-written (an upload cut short must be removed)."""
+    return [str(path) for path in demo.upload_dir.glob("*.part")]
+
+
+# -- mode 1: requests vanishing -------------------------------------------------------------
+
+
+@dataclass
+class Soak(Inspection):
+    """What the soak saw; each field is one of the properties in the module docstring."""
+
+    app_backends: list[Any] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def failed_clients(self) -> list[Outcome]:
+        return [outcome for outcome in self.outcomes if outcome.failed]
+
+    @property
+    def vanished(self) -> int:
+        return sum(outcome.vanished for outcome in self.outcomes)
 
 
 def run_soak(
@@ -361,45 +419,40 @@ def run_soak(
 ) -> Soak:
     """Warm the demo up, note its internals, run the soak, wait for quiet, and inspect."""
     host, port = "127.0.0.1", demo.port
-
-    def clear_events(_: int = 0) -> None:  # the debug record is not what this soak measures
-        httpx.delete(demo.url + "/debug/events", timeout=10).raise_for_status()
-
     asyncio.run(drive(host, port, make_plans(warm_up, seed + 1, vanish=0.0, start=-warm_up),
                       concurrency))  # fmt: skip
-    clear_events()
-    before = wait_until_quiet(demo)
+    before = quiet(demo, timeout=15)
     stock_before = _stock(database)
     demo.mark_log()
     upstream_mark = len(upstream.log())
 
     started = time.monotonic()
-    outcomes = asyncio.run(drive(host, port, make_plans(requests, seed), concurrency, clear_events))
+    outcomes = asyncio.run(
+        drive(host, port, make_plans(requests, seed), concurrency, lambda _: clear_events(demo))
+    )
     seconds = time.monotonic() - started
 
-    clear_events()
-    after = wait_until_quiet(demo, timeout=30)
+    after = quiet(demo, timeout=30)
     counts = Counter(
         f"{o.plan.kind}:{o.plan.vanish or 'stayed'}:{'gone' if o.vanished else o.status or 'err'}"
         for o in outcomes
     )
     torn, committed = _torn_orders(database, outcomes)
     logs = demo.log() + upstream.log()[upstream_mark:]
-    ports = (database.server.port, upstream.port)
+    pools = (f"127.0.0.1:{database.server.port}", f"127.0.0.1:{upstream.port}")
     return Soak(
         outcomes=outcomes,
         seconds=seconds,
         before=before,
         after=after,
         app_backends=[row for row in database.backends() if row["state"] != "idle"],
-        log_errors=[line for line in logs.splitlines() if re.match(r"(ERROR|CRITICAL)\b", line)]
-        + [line for line in logs.splitlines() if "Traceback" in line],
-        partial_uploads=[str(path) for path in demo.upload_dir.glob("*.part")],
+        log_errors=error_lines(logs),
+        partial_uploads=partial_uploads(demo),
         torn_orders=torn,
         stock_mismatches=_stock_mismatches(database, stock_before),
         orders_committed=committed,
-        descriptors_before=other_descriptors(before, *ports),
-        descriptors_after=other_descriptors(after, *ports),
+        descriptors_before=descriptors_besides_pools(before, pools),
+        descriptors_after=descriptors_besides_pools(after, pools),
         counts=counts,
     )
 
@@ -806,25 +859,14 @@ class SqliteFile:
 
 
 @dataclass
-class AbandonSoak:
+class AbandonSoak(Inspection):
     """What mode 2 saw; each field is one of the checks in the module docstring."""
 
-    connections: list[Connection]
-    outcomes: list[Outcome]
-    seconds: float
-    before: dict[str, Any]
-    after: dict[str, Any]
-    log_errors: list[str]
-    partial_uploads: list[str]
-    torn_orders: list[str]
-    stock_mismatches: dict[int, tuple[int, int]]
-    orders_committed: int
-    descriptors_before: Counter[str]
-    descriptors_after: Counter[str]
-    database_descriptors_before: int
-    database_descriptors_after: int
-    rss_peak: int
-    uvloop_pipelining_errors: int
+    connections: list[Connection] = field(default_factory=list)
+    database_descriptors_before: int = 0
+    database_descriptors_after: int = 0
+    rss_peak: int = 0
+    uvloop_pipelining_errors: int = 0
 
     @property
     def failed_clients(self) -> list[Outcome]:
@@ -839,14 +881,6 @@ class AbandonSoak:
     def abandoned(self) -> int:
         return sum(connection.vanish is not None for connection in self.connections)
 
-    @property
-    def http_slots_in_use(self) -> int:
-        return sum(pool["busy"] + pool["requests"] for pool in self.after["http_pools"])
-
-    @property
-    def rss_growth(self) -> int:
-        return int(self.after["rss_bytes"] - self.before["rss_bytes"])
-
     def statuses(self) -> Counter[str]:
         return Counter(
             f"{o.plan.kind}:{'gone' if o.vanished else o.status or 'err'}" for o in self.outcomes
@@ -860,33 +894,9 @@ def embedded_upstream_port(demo: Demo) -> int:
     return int(match.group(1))
 
 
-def descriptors_besides_pools(
-    seen: dict[str, Any], upstream_port: int, database: Path
-) -> Counter[str]:
-    """Open descriptors that no pool accounts for.
-
-    The upstream runs in-process: a pooled connection to it is two sockets, ours and its, and
-    each side closes its own by its own keep-alive policy. A pooled SQLite connection holds the
-    database file and its WAL files open; the pool grows to its size as the load needs, so how
-    many it keeps after a soak is the pool's business (``db_pool`` in the inspection), not a leak.
-    """
-    fds = seen["fds"]
-    other: Counter[str] = Counter(fds["by_kind"])
-    sockets = fds["sockets"]
-    other["socket"] -= sockets.get(f"127.0.0.1:{upstream_port}", 0)
-    other["socket"] -= sockets.get(f"inbound:{upstream_port}", 0)
-    other["file"] -= database_descriptors(seen, database)
-    return other
-
-
-def database_descriptors(seen: dict[str, Any], database: Path) -> int:
-    """Descriptors open on the SQLite database and its ``-wal``/``-shm``/``-journal`` files."""
-    path = os.path.realpath(database)
-    return sum(
-        count
-        for target, count in seen["fds"]["files"].items()
-        if target == path or target.startswith(path + "-")
-    )
+def abandon_pools(upstream_port: int) -> tuple[str, ...]:
+    """The embedded upstream's pooled connections: both ends are in the process, ours and its."""
+    return (f"127.0.0.1:{upstream_port}", f"inbound:{upstream_port}")
 
 
 def run_abandon_soak(
@@ -903,8 +913,7 @@ def run_abandon_soak(
     queries = SqliteFile(database)
     warm = make_connections(warm_up, seed + 1, vanish=0.0, first_order=ORDER_CUSTOMERS - 1000)
     asyncio.run(drive_connections(host, port, warm, concurrency))
-    httpx.delete(demo.url + "/debug/events", timeout=10).raise_for_status()
-    before = wait_until_quiet(demo, timeout=60)
+    before = quiet(demo, timeout=60)
     stock_before = _stock(queries)
     taken_before = _taken(queries)
     # The warm-up's own orders are not the soak's: only customers ordered from now on count.
@@ -924,10 +933,9 @@ def run_abandon_soak(
     started = time.monotonic()
     outcomes = asyncio.run(soak())
     seconds = time.monotonic() - started
-    httpx.delete(demo.url + "/debug/events", timeout=10).raise_for_status()
-    after = wait_until_quiet(demo, timeout=60)
-    upstream = embedded_upstream_port(demo)
-    after = _settled(demo, before, after, upstream, database)
+    after = quiet(demo, timeout=60)
+    pools = abandon_pools(embedded_upstream_port(demo))
+    after = _settled(demo, before, after, pools, database)
     asked = {o.plan.order["customer_id"] for o in outcomes if o.plan.order}
     assert not known & asked, "a soak order reused a warm-up customer: the checks would be wrong"
     torn, committed = _torn_orders(queries, outcomes)
@@ -939,14 +947,9 @@ def run_abandon_soak(
         seconds=seconds,
         before=before,
         after=after,
-        log_errors=[
-            line
-            for line in logs.splitlines()
-            if (re.match(r"(ERROR|CRITICAL)\b", line) and line != UVLOOP_PIPELINING)
-            or "Traceback" in line
-        ],
+        log_errors=error_lines(logs, besides=UVLOOP_PIPELINING),
         uvloop_pipelining_errors=logs.count(UVLOOP_PIPELINING),
-        partial_uploads=[str(path) for path in demo.upload_dir.glob("*.part")],
+        partial_uploads=partial_uploads(demo),
         torn_orders=[line for line in torn if not _warm_up_order(line, known)],
         stock_mismatches={
             product: (stock_before[product] - stock_after[product], taken)
@@ -955,8 +958,8 @@ def run_abandon_soak(
             != (taken := taken_after.get(product, 0) - taken_before.get(product, 0))
         },
         orders_committed=committed,
-        descriptors_before=descriptors_besides_pools(before, upstream, database),
-        descriptors_after=descriptors_besides_pools(after, upstream, database),
+        descriptors_before=descriptors_besides_pools(before, pools, database),
+        descriptors_after=descriptors_besides_pools(after, pools, database),
         database_descriptors_before=database_descriptors(before, database),
         database_descriptors_after=database_descriptors(after, database),
         rss_peak=peak,
@@ -975,7 +978,7 @@ def _settled(
     demo: Demo,
     before: dict[str, Any],
     after: dict[str, Any],
-    upstream: int,
+    pools: tuple[str, ...],
     database: Path,
     timeout: float = 20,
 ) -> dict[str, Any]:
@@ -985,10 +988,8 @@ def _settled(
     side by its own keep-alive timer: a leak stays, those go within seconds.
     """
     deadline = time.monotonic() + timeout
-    want = descriptors_besides_pools(before, upstream, database)
-    while (
-        descriptors_besides_pools(after, upstream, database) != want and time.monotonic() < deadline
-    ):
+    want = descriptors_besides_pools(before, pools, database)
+    while descriptors_besides_pools(after, pools, database) != want and time.monotonic() < deadline:
         time.sleep(0.5)
         after = wait_until_quiet(demo, timeout=60)
     return after

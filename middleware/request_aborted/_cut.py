@@ -26,11 +26,10 @@ daphne                                 nothing: the connection stays open until 
 (Raising instead is worse: uvicorn, hypercorn and granian log every exception with its
 traceback.) So where the server lets us reach the connection we close it ourselves first:
 uvicorn's request cycle and gunicorn's protocol hold its asyncio ``transport``, daphne's ``send``
-is bound to the twisted request (both found by ``_servers``, where every read of a server's
-internals lives). On the asyncio servers the app then waits until the server has heard the
-connection is gone (its protocol's ``connection_lost`` ran, after which the transport has no
-protocol), so the server's own check finds a lost client and stays quiet. Everywhere else
-returning is enough.
+is bound to the twisted request (``_servers`` finds them, the one place that reads servers'
+internals). On the asyncio servers the app then waits until the server has heard the connection
+is gone (its protocol's ``connection_lost`` ran, after which the transport has no protocol), so
+the server's own check finds a lost client and stays quiet. Everywhere else returning is enough.
 
 ``close()``, not ``abort()``: what was written is still flushed, so the client keeps every byte
 the response got out before the cut. A client that does not read it within ``FLUSH_GRACE`` gets
@@ -43,7 +42,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
-from ._servers import Transport, connection_transport, daphne_request, request_task
+from ._servers import Transport, connection_transport, request_task, twisted_request
 
 if TYPE_CHECKING:
     from starlette.types import Send
@@ -69,7 +68,7 @@ async def cut_connection(server_send: Send, http_version: str) -> None:
     if transport is not None:
         await _close(transport)
         return
-    request = daphne_request(server_send, task)
+    request = twisted_request(server_send, task)
     if request is not None:
         request.loseConnection()  # flushes what was written, then ends the connection
 

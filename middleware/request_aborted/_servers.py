@@ -1,33 +1,32 @@
 """The one place the library reads ASGI servers' internals: from a request to its connection.
 
-ASGI gives an app no handle on its connection. Two features want one: a client too slow to read
-is best cut by aborting the connection (``_rates``), which also ends a ``send()`` blocked in
-backpressure; a response cut after its headers must end its connection so the client can tell
-(``_cut``). Where a server's own objects lead to the connection, that is a fast path; each caller
-has a fallback that is correct, only slower or quieter (``_rates`` cancels the blocked ``send()``
-and the server closes the connection when the client reads or leaves).
+ASGI gives an app no handle on its connection. A client too slow to read is best cut by aborting
+the connection (``_rates``), which also ends a ``send()`` blocked in backpressure. Where a server's
+own objects lead to the connection's asyncio transport, that is a fast path; every caller has a
+fallback that is always correct, only slower to free the connection (cancel the blocked
+``send()``, and let the server close the connection when the client reads or leaves).
 
-============================================  ==================================================
-server                                        the way to the connection
-============================================  ==================================================
-uvicorn (h11, httptools; asyncio, uvloop),    ``RequestResponseCycle.transport``; the cycle is
-also as gunicorn's ``UvicornWorker``          ``send.__self__``, and ``self`` of ``run_asgi``,
-                                              the coroutine of the task that runs the request
-gunicorn's own ``asgi`` worker                its protocol's ``transport``; the protocol is
-                                              ``self`` of the request task's coroutine
-daphne                                        no asyncio transport; ``send`` is
-                                              ``functools.partial(server.handle_reply, req)``
-                                              and the twisted request can end the connection
-                                              (``daphne_request``, used to cut a response)
-hypercorn, granian                            out of reach: the fallback
-============================================  ==================================================
+=========================================  =====================================================
+server                                     the connection's transport
+=========================================  =====================================================
+uvicorn (h11, httptools; asyncio, uvloop),  ``RequestResponseCycle.transport``; the cycle is
+also as gunicorn's ``UvicornWorker``        ``send.__self__``, and ``self`` of ``run_asgi``, the
+                                            coroutine of the task that runs the request
+gunicorn's own ``asgi`` worker              its protocol's ``transport``; the protocol is
+                                            ``self`` of the request task's coroutine
+daphne                                      no transport; its twisted request (which can
+                                            ``loseConnection()``) is bound into the ``send`` it
+                                            gives the app, a ``functools.partial``, found as the
+                                            request task's ``send`` (``twisted_request``, used to
+                                            cut a started response: ``_cut``)
+hypercorn, granian                          out of reach: the fallback
+=========================================  =====================================================
 
-The request task is where these are found when a framework wrapped ``send`` in a closure before
-us (Starlette's outermost error middleware does). None of this is promised by the servers:
+The request task is where the transport is found when a framework wrapped ``send`` in a closure
+before us (Starlette's outermost error middleware does). None of this is promised by the servers:
 ``tests/e2e/test_server_transports.py`` runs each server of the table and fails when a release
-stops leading to its transport (or starts to), ``tests/request_aborted/test_servers.py`` checks
-uvicorn in process for every HTTP implementation and event loop installed, and
-``tests/e2e/test_deployment_cut.py`` sees daphne's connection end.
+stops matching (or starts to), and ``tests/request_aborted/test_servers.py`` checks uvicorn in
+process for every HTTP implementation and event loop installed.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from starlette.types import Send
 
-__all__ = ["Transport", "connection_transport", "daphne_request", "request_task", "task_locals"]
+__all__ = ["Transport", "connection_transport", "request_task", "task_locals", "twisted_request"]
 
 
 class Transport(Protocol):
@@ -85,11 +84,12 @@ def connection_transport(server_send: Send, task: asyncio.Task[object] | None) -
     return None
 
 
-def daphne_request(server_send: Send, task: asyncio.Task[object] | None) -> Any:
-    """daphne's twisted request for the connection ``task`` serves (it has ``loseConnection``).
+def twisted_request(server_send: Send, task: asyncio.Task[object] | None) -> Any:
+    """daphne's twisted request under ``task`` (it has ``loseConnection()``), else ``None``.
 
-    The app daphne runs gets ``send=functools.partial(server.handle_reply, request)``; ours is
-    often Starlette's wrapper of it, so the app's own ``send`` in the request task is tried too.
+    daphne calls the app with ``send=functools.partial(server.handle_reply, request)``; the
+    ``send`` our middleware gets is often Starlette's wrapper of it, so the app's own is looked at
+    too: the outermost coroutine of the request task is the app daphne called.
     """
     for send in (server_send, task_locals(task).get("send")):
         if isinstance(send, functools.partial) and send.args:

@@ -20,30 +20,14 @@ from request_aborted import (
     ApplicationLifetime,
     BackgroundService,
     CancellationToken,
-    OperationCancelled,
     RequestAbortedMiddleware,
     inject,
 )
 
+from ._ticker import Ticker
+
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("shutdown-app")
-
-
-class Ticker(BackgroundService):
-    """Well behaved: each iteration runs under the token and the loop ends when it fires."""
-
-    async def execute(self, stopping_token: CancellationToken) -> None:
-        iterations = 0
-        try:
-            while True:
-                async with stopping_token.scope():
-                    await asyncio.sleep(0.05)
-                iterations += 1
-                if iterations == 1:
-                    log.info("ticker running")
-        except OperationCancelled as cancelled:
-            log.info("ticker stopped after %d iterations: %s", iterations,
-                     type(cancelled.reason).__name__)  # fmt: skip
 
 
 class Stubborn(BackgroundService):

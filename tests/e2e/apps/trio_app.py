@@ -24,30 +24,16 @@ from starlette.routing import Route
 
 from request_aborted import (
     ApplicationLifetime,
-    BackgroundService,
     CancellationToken,
-    OperationCancelled,
     RequestAbortedMiddleware,
     inject,
     request_timeout,
 )
 
+from ._ticker import Ticker
+
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("trio-app")
-
-
-class Ticker(BackgroundService):
-    async def execute(self, stopping_token: CancellationToken) -> None:
-        iterations = 0
-        try:
-            while True:
-                async with stopping_token.scope():
-                    await anyio.sleep(0.05)
-                iterations += 1
-                if iterations == 1:
-                    log.info("ticker running under %s", sniffio.current_async_library())
-        except OperationCancelled as cancelled:
-            log.info("ticker stopped: %s", type(cancelled.reason).__name__)
 
 
 def record(request: Request, token: CancellationToken) -> None:
