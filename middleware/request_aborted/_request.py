@@ -43,7 +43,7 @@ from ._exceptions import (
     describe,
 )
 from ._lifetime import lifetime_of
-from ._loop import Loop, call_in_loop
+from ._loop import Loop, call_in_loop, is_current
 from ._registration import Registration
 from ._scope import TokenScope
 from ._timeouts import TimeoutPolicy, resolve_policy
@@ -138,7 +138,7 @@ class HttpRequest(CancellationTokenSource):
         if config.default_policy.timeout is not None or self._header_deadline is not None:
             self._arm(config.default_policy, config.default_policy_name)
         shutdown = config.shutdown
-        if shutdown is None and "state" in scope:
+        if shutdown is None and scope.get("state"):  # an empty state holds no lifetime
             lifetime = lifetime_of(scope)
             if lifetime is not None:
                 shutdown = lifetime.grace_expired
@@ -218,8 +218,12 @@ class HttpRequest(CancellationTokenSource):
         return watcher
 
     def _observed(self) -> None:
-        # Application code looked at the token, from whichever thread: start watching.
-        self.on_loop(self._watch_soon)
+        # Application code looked at the token, from whichever thread: start watching. (on_loop,
+        # spelled out: this runs for every request that observes its token.)
+        if is_current(self._loop, self._thread):
+            self._watch_soon()
+        else:
+            self._loop.call_soon_threadsafe(self._watch_soon)
 
     def _cancelled(self) -> None:
         watcher = self._watcher

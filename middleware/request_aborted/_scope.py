@@ -119,7 +119,7 @@ class TokenScope(Registration):
                 self._enter_trio()
         if task is not None:
             self._task = task
-            self._loop = task.get_loop()
+            self._loop = home if home is not None else task.get_loop()
             self._cancelling = task.cancelling()
         self._state = _State.ENTERED
         if source is None:
@@ -186,8 +186,10 @@ class TokenScope(Registration):
             raise OperationCancelled(self._reason) from exc
 
     def _release(self) -> None:
-        if self._source is not None:
-            self.unregister()
+        source = self._source
+        if source is not None:  # unregister(), spelled out: every scope's exit runs this
+            self._source = None
+            source._remove(self)
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.cancel()

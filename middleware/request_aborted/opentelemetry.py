@@ -36,6 +36,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from ._exceptions import ClientDisconnected, describe
+from ._request import FIRED_AT_KEY, STARTED_KEY, STATUS_KEY  # set before on_abort runs
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
@@ -49,10 +50,6 @@ REASON: Final = "request_aborted.reason"
 STOP_SECONDS: Final = "request_aborted.stop_seconds"
 ELAPSED_SECONDS: Final = "request_aborted.elapsed_seconds"
 RESPONSE_STARTED: Final = "request_aborted.response_started"
-# Set in the scope by the middleware before on_abort runs.
-_FIRED_AT: Final = "request_aborted.fired_at"
-_STATUS: Final = "request_aborted.status"
-_STARTED: Final = "request_aborted.response_started"
 
 
 class OpenTelemetryAbortHook:
@@ -75,13 +72,13 @@ class OpenTelemetryAbortHook:
             REASON: str(reason),
             ELAPSED_SECONDS: elapsed,
         }
-        fired_at = scope.get(_FIRED_AT)
+        fired_at = scope.get(FIRED_AT_KEY)
         if fired_at is not None:
             attributes[STOP_SECONDS] = max(0.0, time.monotonic() - fired_at)
         client_left = isinstance(reason, ClientDisconnected)
-        status = scope.get(_STATUS)
+        status = scope.get(STATUS_KEY)
         if scope["type"] == "http" and isinstance(status, int):
-            started = bool(scope.get(_STARTED, False))
+            started = bool(scope.get(STARTED_KEY, False))
             attributes[STATUS] = status
             attributes[RESPONSE_STARTED] = started
             if client_left or not started:  # else the status that was sent stands

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.routing import Mount
 
+from ._request import FIRED_AT_KEY  # set before on_abort runs
+
 if TYPE_CHECKING:
     from starlette.types import Scope
 
@@ -45,7 +47,7 @@ class PrometheusAbortHook:
     def __call__(self, scope: Scope, reason: BaseException, elapsed: float) -> None:
         kind = type(reason).__name__
         self.aborted.labels(kind, route_of(scope)).inc()
-        fired_at = scope.get("request_aborted.fired_at")
+        fired_at = scope.get(FIRED_AT_KEY)
         if fired_at is not None:
             self.stop_latency.labels(kind).observe(max(0.0, time.monotonic() - fired_at))
 

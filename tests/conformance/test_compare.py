@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -84,3 +85,44 @@ def test_the_known_baseline_failures_all_have_a_reason() -> None:
         suite, _, test_id = test.partition(" ")
         assert suite in runner.SUITES and "::" in test_id, test
         assert reason, f"{test} has no reason"
+
+
+def test_a_failure_can_be_run_again_alone_by_the_node_id_its_report_names(tmp_path: Path) -> None:
+    suite = tmp_path / "tests" / "test_mod.py"
+    suite.parent.mkdir()
+    suite.write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('x', ['a-1', 'b.2'])\n"
+        "def test_param(x): assert x != 'b.2'\n"
+        "class TestGroup:\n"
+        "    def test_method(self): assert False\n"
+        "def test_fine(): pass\n"
+    )
+    report = tmp_path / "report.xml"
+    pytest_in_tmp = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+    ]
+    subprocess.run(
+        [*pytest_in_tmp, f"--junitxml={report}", "-o", "junit_family=xunit1"],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+    )
+    outcomes = runner.outcomes(report)
+    failed = sorted(o.node_id for o in outcomes.values() if o.status == "failed")
+    assert failed == [
+        "tests/test_mod.py::TestGroup::test_method",
+        "tests/test_mod.py::test_param[b.2]",
+    ]
+
+    again = subprocess.run(
+        [*pytest_in_tmp, *failed], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert again.stdout.strip().splitlines()[-1].startswith("2 failed in")
