@@ -162,6 +162,11 @@ class SideCanceller:
         self._broken_until = 0.0
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this side connection belongs to."""
+        return self._loop
+
+    @property
     def broken(self) -> bool:
         return self._loop.time() < self._broken_until
 
@@ -262,12 +267,12 @@ def side_canceller(engine: Engine) -> SideCanceller | None:
         return None
     loop = asyncio_only("request_aborted.sqlalchemy")
     canceller = _cancellers.get(engine)
-    if canceller is None or canceller._loop is not loop:
+    if canceller is None or canceller.loop is not loop:
         canceller = _cancellers[engine] = SideCanceller(engine, loop)
     return canceller
 
 
 async def close_side_canceller(engine: Engine) -> None:
     canceller = _cancellers.pop(engine, None)
-    if canceller is not None and canceller._loop is asyncio.get_running_loop():
+    if canceller is not None and canceller.loop is asyncio.get_running_loop():
         await canceller.close()

@@ -7,8 +7,8 @@ worse: a pool wait that ignores the token, a stream that fetches on, an httpx re
 instead of aborted at its socket (the pool-slot leak of docs/hazards.md 13), an asyncpg connection
 terminated instead of its statement cancelled. These tests name each internal, so the release that
 moves one fails here by name instead of shipping a slower, leakier library.
-The uvicorn fast path of the rate limiter has its own, against a running uvicorn:
-``tests/request_aborted/middleware/test_rates_uvicorn.py``.
+The servers' internals (``_servers``) have their own, against running servers:
+``tests/request_aborted/test_servers.py`` and ``tests/e2e/test_server_transports.py``.
 """
 
 from __future__ import annotations
