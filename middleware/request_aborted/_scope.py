@@ -24,8 +24,9 @@ import enum
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar, Token
+from threading import get_ident
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, NoReturn, Self
 
 from ._exceptions import OperationCancelled
 from ._loop import Handle, Loop, call_in_loop, current_task, running_loop
@@ -75,6 +76,8 @@ class TokenScope(Registration):
         "_trio_scope",
     )
 
+    _source: CancellationTokenSource | None  # a scope registers on a token's source only
+
     def __init__(self, token: CancellationToken, *, delay: float | None = None) -> None:
         self._source = None  # set while registered
         self._callback = None
@@ -102,13 +105,42 @@ class TokenScope(Registration):
         if self._state is not _State.CREATED:
             raise RuntimeError("a token scope can be entered only once")
         source = self._token._source
+        if (
+            source is not None
+            and source._scope is None
+            and source._thread == get_ident()
+            and source._loop is not None
+        ):
+            # The common case: a request's token, on the request's own thread, no other scope
+            # of it active. The source holds this scope directly (no lock, no callback table),
+            # and the task is asked of the request's loop (skipping the getpid() that
+            # asyncio.current_task() makes on CPython 3.11). None if the loop was replaced since,
+            # or is a trio run's stand-in: then the general path below.
+            loop = source._loop
+            task = asyncio.current_task(loop)  # type: ignore[arg-type]
+            if task is not None:
+                self._task = task
+                self._loop = loop
+                self._cancelling = task.cancelling()
+                self._state = _State.ENTERED
+                self._outer = _innermost.get()
+                self._context = _innermost.set(self)
+                if source._unobserved:
+                    source._notify_observer()
+                self._source = source
+                source._scope = self
+                # Read after setting _scope: a cancel() in another thread either takes this
+                # scope (and fires it) or has set _reason before we read it here.
+                reason = source._reason
+                if reason is not None:
+                    self._refuse(reason)
+                return self
+        return await self._enter(source)
+
+    async def _enter(self, source: CancellationTokenSource | None) -> Self:
         task = None
         home = None if source is None else source._home_loop()
         if home is not None:
-            # A request's token, on the request's own thread: its loop is the running one, and
-            # asking for its current task skips the getpid() that asyncio.current_task() makes
-            # on CPython 3.11. (None if the loop was replaced since, or is a trio run's stand-in,
-            # which asyncio simply does not find: then ask asyncio, and trio.)
             task = asyncio.current_task(home)  # type: ignore[arg-type]
         if task is None:
             try:
@@ -134,13 +166,16 @@ class TokenScope(Registration):
             # scope exited and does nothing.
             reason = source.reason
         if reason is not None:  # the token has already fired: do not even start
-            self._state = _State.EXITED
-            self._release()
-            trio_scope = self._trio_scope
-            if trio_scope is not None:
-                trio_scope.__exit__(None, None, None)
-            raise OperationCancelled(reason)
+            self._refuse(reason)
         return self
+
+    def _refuse(self, reason: BaseException) -> NoReturn:
+        self._state = _State.EXITED
+        self._release()
+        trio_scope = self._trio_scope
+        if trio_scope is not None:
+            trio_scope.__exit__(None, None, None)
+        raise OperationCancelled(reason)
 
     def _enter_trio(self) -> None:
         # asyncio found no loop here: this is a trio task (then trio is imported), or no task.
@@ -189,7 +224,10 @@ class TokenScope(Registration):
         source = self._source
         if source is not None:  # unregister(), spelled out: every scope's exit runs this
             self._source = None
-            source._remove(self)
+            if source._scope is self:  # held directly (see __aenter__): on the source's thread
+                source._scope = None
+            else:
+                source._remove(self)
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.cancel()

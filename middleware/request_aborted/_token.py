@@ -62,6 +62,10 @@ class CancellationTokenSource:
     * ``_add(registration)`` / ``_remove(registration)``: the callback table, for ``Registration``
       and ``TokenScope`` (the ``Registry`` protocol); ``_add`` counts as observing the token.
     * ``_home_loop()``: the source's loop when called on its thread, for ``TokenScope``.
+    * ``_scope``: the one ``TokenScope`` held directly instead of in the callback table, the
+      common case of a request's token scoped on its own loop thread; only ``TokenScope`` writes
+      it, and only on the source's ``_thread``. ``cancel()`` takes it (any thread) and fires it
+      first. Readable by ``TokenScope`` for the same path: ``_loop``, ``_thread``, ``_reason``.
     * read-only for subclasses: ``_reason``, ``_cancelled_at``, ``_timer``, ``_parents``,
       ``_loop``, ``_thread``.
     """
@@ -75,6 +79,7 @@ class CancellationTokenSource:
         "_own_deadline",
         "_parents",
         "_reason",
+        "_scope",
         "_thread",
         "_timer",
         "_token",
@@ -93,6 +98,10 @@ class CancellationTokenSource:
         self._cancelled_at: float | None = None
         # Registration -> None: an insertion-ordered set with O(1) removal. Created on first use.
         self._callbacks: dict[Registration, None] | None = None
+        # A scope on the source's own thread, when no other is active: set and cleared without
+        # the lock or the table (a single reference, which cancel() swaps out under the lock;
+        # the scope reads _reason after setting it, so one of the two always sees the other).
+        self._scope: TokenScope | None = None
         self._lock = lock
         self._unobserved = False  # True while _observed() is still to be called
         # The loop, and the thread running it, when the source belongs to one (a request's):
@@ -158,7 +167,8 @@ class CancellationTokenSource:
     def registrations(self) -> int:
         """How many callbacks are registered and not yet run: a leak shows up here first."""
         callbacks = self._callbacks
-        return 0 if callbacks is None else len(callbacks)
+        held = self._scope is not None
+        return held if callbacks is None else len(callbacks) + held
 
     @property
     def deadline(self) -> float | None:
@@ -189,9 +199,13 @@ class CancellationTokenSource:
             self._reason = reason
             self._cancelled_at = time.monotonic()
             callbacks, self._callbacks = self._callbacks, None
+            scope, self._scope = self._scope, None
         self._stop_timer()
         self._unlink()
         self._cancelled()
+        if scope is not None:  # entered before anything registered inside it: it goes first
+            scope._source = None
+            scope._fire(reason)  # only schedules the interruption: does not raise
         if not callbacks:
             return
         errors: list[BaseException] = []
