@@ -192,8 +192,10 @@ def test_pool_held_by_stalled_exports_ends_each_waiter_by_its_token(
 
         # (a) the departed client's search: the 499 line, and its handler returned promptly
         # after the token fired (the server's own histogram of exactly that).
-        elapsed = abort_elapsed(demo, "GET", "/search", 499)
-        assert 0.9 < elapsed < 1.0 + NOTICED
+        # No lower bound: curl's second starts before it connects, the server's clock when the
+        # request arrives, and on a loaded machine half a second can lie between (seen: 0.48 s).
+        # That the client left first is what the 499 says.
+        assert abort_elapsed(demo, "GET", "/search", 499) < 1.0 + NOTICED
         after = wait_until_observed(demo, before)
         assert after[PROMPT_STOP] - before.get(PROMPT_STOP, 0.0) == 1, after
 

@@ -349,4 +349,6 @@ def test_token_aborts_a_request_under_uvloop(slow_server: SlowServer, hx: Module
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         reason, server_saw_after = runner.run(main())
     assert isinstance(reason, ClientDisconnected)
-    assert server_saw_after < 1.0  # the server would otherwise hold the request forever
+    # Left open, the socket would keep the server's handler waiting its full 30 s; the 5 s bound
+    # is generous for a loaded machine (it failed once at 1 s under -n 2) and far below that.
+    assert server_saw_after < 5.0
