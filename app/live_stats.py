@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, ExceptionContext
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from request_aborted import OperationCancelled
+from request_aborted.prometheus import route_of  # one route label for both instruments
 
 from .engine_events import Listeners
 
@@ -86,7 +87,7 @@ class LiveStats:
             # escapes without the request's token firing is a bug the server logs as a 500.)
             account.outbound_cancelled = account.outbound_pending > 0
             return
-        totals = self._routes[_route(scope)]
+        totals = self._routes[route_of(scope)]
         if error is None:
             account.counted_as = "completed"
             self.completed += 1
@@ -101,7 +102,7 @@ class LiveStats:
         account: _Account | None = scope.get(ACCOUNT_KEY)
         if account is None:
             return  # a quiet path
-        totals = self._routes[_route(scope)]
+        totals = self._routes[route_of(scope)]
         if account.counted_as == "completed":  # the handler returned, but the client had left
             self.completed -= 1
             totals.completed -= 1
@@ -184,11 +185,6 @@ class LiveStatsMiddleware:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
-
-
-def _route(scope: Scope) -> str:
-    path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else "unmatched"
 
 
 # The hooks below do nothing outside a counted request (a quiet path, the background refresh).
