@@ -27,7 +27,7 @@ from request_aborted import CancellationToken, OperationCancelled
 
 from ._budget import budget_spent, deadline_reason
 from ._httpx_abort import RequestAbort, current_abort
-from ._loop import asyncio_only, call_in_loop
+from ._loop import asyncio_only, settle_in_loop
 
 __all__ = ["Exchange"]
 
@@ -136,14 +136,8 @@ class Exchange:
             self._keep(self._loop.create_task(result.aclose(), context=self._context))
 
     def _on_fire(self, reason: BaseException) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
-            call_in_loop(self._loop, _resolve, self._fired, reason)
+        settle_in_loop(self._loop, self._fired, reason)
 
 
 async def _call(start: Callable[[], Awaitable[T]]) -> T:
     return await start()
-
-
-def _resolve(future: asyncio.Future[BaseException], reason: BaseException) -> None:
-    if not future.done():
-        future.set_result(reason)

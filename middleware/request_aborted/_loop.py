@@ -12,6 +12,7 @@ is trio consulted (and only if something already imported it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Generator
@@ -28,6 +29,7 @@ __all__ = [
     "is_cancellation",
     "running_loop",
     "running_loop_or_none",
+    "settle_in_loop",
     "wait_done",
 ]
 
@@ -141,6 +143,21 @@ def call_in_loop(
         callback(*args)
     else:
         loop.call_soon_threadsafe(callback, *args)
+
+
+def settle_in_loop(loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], value: T) -> None:
+    """Give ``future`` its result on its loop, from any thread, unless it already has one.
+
+    For a token's callback that wakes a waiter: the token may fire in any thread, and once the
+    loop is closed nobody is waiting any more, so that is not an error.
+    """
+    with contextlib.suppress(RuntimeError):
+        call_in_loop(loop, _set_result_once, future, value)
+
+
+def _set_result_once(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def current_task() -> object:

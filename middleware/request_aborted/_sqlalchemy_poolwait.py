@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ from sqlalchemy.util.queue import Empty, Full
 from request_aborted import CancellationToken, OperationCancelled
 
 from ._budget import deadline_reason
-from ._loop import asyncio_only, call_in_loop
+from ._loop import asyncio_only, settle_in_loop
 from ._sqlalchemy_guard import await_in_greenlet, finish
 
 __all__ = ["CancellableQueue", "make_waits_cancellable"]
@@ -76,12 +77,7 @@ class CancellableQueue:
     async def _wait(self, token: CancellationToken, *, pool_timeout: float | None) -> Any:
         loop = asyncio_only("request_aborted.sqlalchemy")
         fired: asyncio.Future[BaseException] = loop.create_future()
-
-        def on_fire(reason: BaseException) -> None:
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
-                call_in_loop(loop, _resolve, fired, reason)
-
-        registration = token.register(on_fire)
+        registration = token.register(functools.partial(settle_in_loop, loop, fired))
         remaining = token.remaining()
         limit = pool_timeout if remaining is None else min(remaining, pool_timeout or remaining)
         getter = loop.create_task(greenlet_spawn(self.inner.get, True, None))
@@ -116,11 +112,6 @@ class CancellableQueue:
                 await greenlet_spawn(self._give_back, record)
         if cancelled is not None:
             raise cancelled
-
-
-def _resolve(future: asyncio.Future[BaseException], reason: BaseException) -> None:
-    if not future.done():
-        future.set_result(reason)
 
 
 def make_waits_cancellable(pool: Pool, token_of: Callable[[], CancellationToken | None]) -> bool:
