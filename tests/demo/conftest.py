@@ -7,6 +7,7 @@ writes a template SQLite file at the demo's default size - the size at which ``G
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from app.logs import LOGGERS
 from tests._fixtures.servers import ROOT, ServerProcess, start_server
 
 from ._support import Demo
@@ -27,6 +29,23 @@ DEMO_ENV = {
 }
 
 StartDemo = Callable[..., Demo]
+
+
+@pytest.fixture(autouse=True)
+def demo_loggers_restored() -> Iterator[None]:
+    """An app built in this process (``create_app``) sets the level, handler and propagation of
+    the ``request_aborted`` and ``app`` loggers; the tests that run after it in the same process
+    (the library's, which read the abort line through pytest's capture) must find them as they
+    were. A level of WARNING left behind once hid every INFO abort line from ten of them."""
+    saved = [
+        (logger, logger.level, logger.propagate, list(logger.handlers))
+        for logger in map(logging.getLogger, LOGGERS)
+    ]
+    yield
+    for logger, level, propagate, handlers in saved:
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers
 
 
 def seed_command(url: str, *extra: str) -> list[str]:
