@@ -164,6 +164,18 @@ def test_cut_a_request_that_completed_is_not_touched() -> None:
     assert cycle.sent[-1] == {"type": "http.response.body", "body": b"all", "more_body": False}
 
 
+def body_then_quiet(sent: list[Message]) -> Receive:
+    """A client that sent an empty body and then says nothing more for 10 s (it stays)."""
+
+    async def receive() -> Message:
+        if not sent:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 def test_cut_daphne_request_loses_its_connection() -> None:
     class TwistedRequest:
         lost = False
@@ -176,15 +188,9 @@ def test_cut_daphne_request_loses_its_connection() -> None:
     async def handle_reply(request: TwistedRequest, message: Message) -> None:
         sent.append(message)
 
-    async def receive() -> Message:
-        if not sent:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.sleep(10)
-        return {"type": "http.disconnect"}
-
     request = TwistedRequest()
     app = RequestAbortedMiddleware(export, timeout=0.05)
-    asyncio.run(app(scope(), receive, functools.partial(handle_reply, request)))
+    asyncio.run(app(scope(), body_then_quiet(sent), functools.partial(handle_reply, request)))
 
     assert request.lost
     assert sent[-1]["more_body"] is True
@@ -197,12 +203,8 @@ def test_cut_a_server_we_cannot_reach_gets_no_final_body_either() -> None:
     async def server_send(message: Message) -> None:
         sent.append(message)
 
-    async def receive() -> Message:
-        if not sent:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.sleep(10)
-        return {"type": "http.disconnect"}
-
-    asyncio.run(RequestAbortedMiddleware(export, timeout=0.05)(scope(), receive, server_send))
+    asyncio.run(
+        RequestAbortedMiddleware(export, timeout=0.05)(scope(), body_then_quiet(sent), server_send)
+    )
 
     assert [m.get("more_body") for m in sent] == [None, True]
