@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from ._scripts import ROOT, output_of, run_script
+
 SCRIPT = ROOT / "bench" / "bench_cpu.py"
 TINY = ["--rounds", "3", "--requests", "5", "--warmup", "2", "--settle", "1"]
 VARIANTS = {"driver", "a", "h", "b", "a+sleep", "h'", "c"}
@@ -20,15 +19,7 @@ DIFFERENCES = {"b-h": 0.3, "c-h'": 2.0, "h-a": None, "h'-a+sleep": None, "c-a+sl
 
 
 def run(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return output_of(SCRIPT, *TINY, *args, timeout=120)
 
 
 def test_json_has_a_cost_per_variant_and_each_difference_with_its_goal() -> None:
@@ -79,13 +70,7 @@ def test_a_candidate_copy_of_the_package_is_measured_beside_this_trees(tmp_path:
 
 
 def test_a_candidate_folder_without_the_package_is_refused(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, "--candidate", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_script(SCRIPT, *TINY, "--candidate", str(tmp_path), timeout=120)
     assert done.returncode != 0
     assert "imported from" in done.stderr
 

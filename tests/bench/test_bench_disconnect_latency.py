@@ -10,13 +10,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from ._scripts import ROOT, output_of
+
 SCRIPT = ROOT / "bench" / "bench_disconnect_latency.py"
 TINY = ["--servers", "uvicorn httptools", "--requests", "3", "--settle", "0.2", "--no-write"]
 
@@ -24,15 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def run(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return output_of(SCRIPT, *TINY, *args, timeout=110)
 
 
 def rows(text: str) -> list[dict[str, str]]:
