@@ -7,8 +7,8 @@ cancellation, and its done callbacks: measured at about 9 % of the request rate 
 work that is one pending future. ``Driven`` keeps only what a task keeps for that: the coroutine,
 its context, and the one future (or ``call_soon`` handle) it waits on.
 
-* The first step runs at once, inside ``start()`` (no loop turn): the pump's first act is to call
-  the server's ``receive()``, which merely parks a future.
+* The first step runs at once, inside ``start()`` (no loop turn), or at the loop's next turn
+  (``start_soon()``, as a new task's would: cheaper for a coroutine often cancelled first).
 * Later steps run from that future's done callback (or the ``call_soon`` of a bare ``yield``),
   in the context copied at the start, as a task's do.
 * ``cancel()`` finishes the coroutine now, in the caller: it takes back its callback from the
@@ -39,7 +39,16 @@ class Driven:
     Offers what ``_loop.TaskHandle`` asks of a task: ``cancel()`` and ``done()``.
     """
 
-    __slots__ = ("_context", "_coro", "_handle", "_loop", "_must_cancel", "_stepping", "_waiting")
+    __slots__ = (
+        "_context",
+        "_coro",
+        "_fresh",
+        "_handle",
+        "_loop",
+        "_must_cancel",
+        "_stepping",
+        "_waiting",
+    )
 
     def __init__(self, coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> None:
         self._coro: Coroutine[Any, Any, Any] | None = coro  # None once it ended
@@ -48,12 +57,18 @@ class Driven:
         self._waiting: asyncio.Future[Any] | None = None  # the future the coroutine awaits
         self._handle: asyncio.Handle | None = None  # the next step after a bare ``yield``
         self._stepping = False
+        self._fresh = True  # no step has run yet
         self._must_cancel = False  # cancel() came while a step ran: cancel at its next pause
 
     def start(self) -> None:
         """Run the first step, here and now (kept out of ``__init__`` so that the owner holds
         this object before its coroutine first runs and can look at it)."""
         self._context.run(self._step, None)
+
+    def start_soon(self) -> None:
+        """Run the first step at the loop's next turn, as a new task's; ``cancel()`` before it
+        only calls the turn off and closes the coroutine, which never ran."""
+        self._handle = self._loop.call_soon(self._resume, context=self._context)
 
     def done(self) -> bool:
         """Whether the coroutine has ended."""
@@ -77,6 +92,10 @@ class Driven:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.cancel()
+        if self._fresh:
+            coro, self._coro = self._coro, None
+            coro.close()  # never ran: nothing to clean up, nothing to throw into
+            return True
         self._context.run(self._step, asyncio.CancelledError())
         return True
 
@@ -106,6 +125,7 @@ class Driven:
         if self._must_cancel and exc is None:
             exc = asyncio.CancelledError()
         self._must_cancel = False
+        self._fresh = False
         self._stepping = True
         try:
             result = coro.send(None) if exc is None else coro.throw(exc)

@@ -166,19 +166,23 @@ class Watcher:
                     # again before parking. Once per call: a pump that quit at once (a server
                     # that answers after the body's end) must not be restarted in a busy loop.
                     started = True
-                    self.start()
+                    self.start(now=True)
                     continue
             elif self._pump is None and not request.reading:
                 return await request.read_directly()
             await self._wait_for_news()
 
-    def start(self) -> None:
+    def start(self, *, now: bool = False) -> None:
         """Start the pump, unless there is nothing left to watch.
 
-        A hand-driven pump takes its first step here: it calls the server's ``receive()`` and
-        parks, or (a message was waiting) notes it, fires the token on a disconnect and wakes
-        readers, all before this returns. Both callers expect that: the watchlist's timer is a
-        plain callback, and ``receive()`` looks at the buffer again after starting.
+        A hand-driven pump takes its first step at the loop's next turn, as a task would, unless
+        ``now``: a request that outlived ``watch_delay`` often ends within that same turn, and a
+        pump stopped before its first step never called the server (measured: starting every
+        watchlist pump at once cost 5 % of the request rate under uvicorn, against 0 for the
+        next turn). ``receive()`` asks for ``now``: the app waits to read, so the read is wanted
+        at once, and the pump's first step (the server's ``receive()``, and, if a message was
+        waiting, noting it, firing the token on a disconnect, waking readers) runs before this
+        returns; ``receive()`` looks at the buffer again after starting.
         """
         request = self._request
         if self._pump is None and request.disconnect is None and not request.completed:
@@ -186,7 +190,11 @@ class Watcher:
             if hand_drivable(loop, self._receive):
                 assert isinstance(loop, asyncio.AbstractEventLoop)
                 pump = self._pump = Driven(self._run(), loop)
-                pump.start()  # after the assignment: the pump may drop itself (see _run)
+                # After the assignment: the pump may drop itself in its first step (see _run).
+                if now:
+                    pump.start()
+                else:
+                    pump.start_soon()
             else:
                 self._pump = loop.create_task(self._run())
 

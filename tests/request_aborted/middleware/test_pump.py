@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
+import warnings
 from typing import Any
 
 import pytest
@@ -128,6 +130,33 @@ def test_the_first_step_runs_inside_start_and_stop_runs_the_cleanup_there_too() 
         assert not driven.cancel()  # once is enough
 
     asyncio.run(main())
+
+
+def test_a_pump_started_soon_steps_at_the_next_turn_or_never_if_stopped_first() -> None:
+    ran: list[str] = []
+
+    async def pump(name: str) -> None:
+        ran.append(name)
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        late, early = Driven(pump("late"), loop), Driven(pump("stopped first"), loop)
+        late.start_soon()
+        early.start_soon()
+        assert ran == []
+        early.cancel()
+        assert early.done()
+        await asyncio.sleep(0)
+        assert ran == ["late"] and not late.done()
+        late.cancel()
+        assert late.done()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would be one
+        asyncio.run(main())
+        gc.collect()
+    assert ran == ["late"]
 
 
 def test_stop_takes_its_callback_back_from_the_future_it_waited_on() -> None:
