@@ -152,6 +152,7 @@ class RequestAbortedMiddleware:
         # connection) plus its token: the path every request takes, whether or not it looks.
         request = (HttpRequest if kind == "http" else WebSocketRequest)(self, scope, receive, send)
         reset = current.set(request)
+        fired = True  # until end() says otherwise (it detaches a request whose token did not fire)
         try:
             try:
                 if self.plain:
@@ -166,7 +167,8 @@ class RequestAbortedMiddleware:
             if fired:
                 await request.finish_aborted(scope)
         finally:
-            request.detach()
+            if fired:
+                request.detach()
             current.reset(reset)
 
     async def _run_guarded(self, request: HttpRequest, scope: Scope, send: Send) -> None:

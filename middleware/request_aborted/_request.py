@@ -328,7 +328,8 @@ class HttpRequest(CancellationTokenSource):
 
     def end(self) -> bool:
         """Stop watching, and drop what would tie the token to the server once the request is over;
-        whether the token fired (then the request ends with ``finish_aborted()``).
+        whether the token fired. If it did, the request's answer is still to be sent
+        (``finish_aborted()``), and ``detach()`` follows it; if not, this detaches the request.
 
         The token outlives the request (it is in the scope, maybe in a task the handler started)
         and refers to this object, so this object must not keep the token, nor the server's
@@ -352,7 +353,10 @@ class HttpRequest(CancellationTokenSource):
             watcher.stop()
         if self._timer is not None or self._parents:
             CancellationTokenSource.close(self)
-        return self._reason is not None
+        if self._reason is None:
+            self._send = _send_over  # detach(), spelled out: nothing more will be sent for it
+            return False
+        return True
 
     def detach(self) -> None:
         """The last tie from the token (which outlives the request) to the server's objects

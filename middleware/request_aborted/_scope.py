@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final, NoReturn, Self
 
 from ._current import current
 from ._exceptions import OperationCancelled
-from ._loop import Handle, Loop, call_in_loop, current_task, running_loop
+from ._loop import Handle, Loop, call_in_loop, current_task, running_loop, task_on
 from ._registration import Registration
 
 if TYPE_CHECKING:
@@ -126,11 +126,11 @@ class TokenScope(Registration):
             # The common case: the current request's token, on the request's own thread, no
             # other scope of it active. The request holds this scope directly (no lock, no
             # callback table, and not in the chain of scopes: critical sections find it through
-            # the current request), and the task is asked of the request's loop (skipping the
-            # getpid() that asyncio.current_task() makes on CPython 3.11). None if the loop was
-            # replaced since, or is a trio run's stand-in: then the general path below.
+            # the current request), and the task is asked of the request's loop (_loop.task_on:
+            # no getpid(), which asyncio.current_task() makes on CPython 3.11). None if the loop
+            # was replaced since, or is a trio run's stand-in: then the general path below.
             loop = source._loop
-            task = asyncio.current_task(loop)  # type: ignore[arg-type]
+            task = task_on(loop)
             if task is not None:
                 self._task = task
                 self._loop = loop
