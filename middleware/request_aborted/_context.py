@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sys
 import threading
-from contextvars import ContextVar
 from types import FrameType
 from typing import TYPE_CHECKING, Final, Protocol
 
 from starlette.requests import HTTPConnection
 
+from ._current import current
 from ._token import CancellationToken
 
 if TYPE_CHECKING:
@@ -62,10 +62,6 @@ class RequestContext(Protocol):
     def token(self) -> CancellationToken: ...
 
     def set_timeout(self, timeout: float | str | None) -> None: ...
-
-
-# One variable for the whole request keeps the per-request cost to a single set/reset.
-current: ContextVar[RequestContext] = ContextVar("request_aborted.request")
 
 
 def current_request() -> RequestContext:

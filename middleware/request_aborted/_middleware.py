@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from threading import get_ident
 from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ._context import SCOPE_KEY, current
+from ._context import SCOPE_KEY
+from ._current import current
 from ._deadline import DeadlineHeader
 from ._log import AbortLog
-from ._loop import Loop, is_current, running_loop
+from ._loop import Loop, running_loop
 from ._rates import MinDataRate, RateWatch
 from ._request import HttpRequest, WebSocketRequest
 from ._timeouts import TimeoutPolicy, resolve_policy
@@ -115,6 +117,13 @@ class RequestAbortedMiddleware:
         self.lock = threading.Lock()  # shared by this middleware's request sources
         self.abort_log = AbortLog(logger)  # the abort line, visible without logging set up
         self._running: tuple[int, Loop, Watchlist | None] | None = None
+        # What every request asks of the settings, answered once: run the app, nothing else
+        # around it (no rate watch, no enforcement); and a request that arms nothing of its own
+        # (no default timeout, no deadline headers, no shutdown token given).
+        self.plain = not self.rates and enforce_after is None
+        self.arms_nothing = (
+            self.default_policy.timeout is None and not self.deadline_headers and shutdown is None
+        )
 
     def running(self) -> tuple[int, Loop, Watchlist | None]:
         """This thread, its running loop and the loop's watchlist, found cheaply.
@@ -127,11 +136,11 @@ class RequestAbortedMiddleware:
         loop is the run's ``TrioLoop``, found the same way once per run (``_loop``).
         """
         cached = self._running
-        if cached is not None and is_current(cached[1], cached[0]) and cached[1].is_running():
-            return cached
+        if cached is not None and cached[0] == get_ident() and cached[1].is_running():
+            return cached  # (is_current() with the thread known, spelled out: every request)
         loop = running_loop()
         watchlist = Watchlist(loop, self.watch_delay) if self.watch_delay > 0 else None
-        cached = self._running = (threading.get_ident(), loop, watchlist)
+        cached = self._running = (get_ident(), loop, watchlist)
         return cached
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,26 +152,32 @@ class RequestAbortedMiddleware:
         # connection) plus its token: the path every request takes, whether or not it looks.
         request = (HttpRequest if kind == "http" else WebSocketRequest)(self, scope, receive, send)
         reset = current.set(request)
-        rates = None
-        if self.rates and kind == "http":
-            rates = RateWatch(request, send, self.min_send_rate, self.min_receive_rate, scope)
+        fired = True  # until end() says otherwise (it detaches a request whose token did not fire)
         try:
             try:
-                if rates is not None:
-                    await request.run_enforced(scope, rates.receive, rates.send)
-                elif self.enforce_after is None:
+                if self.plain:
                     await self.app(scope, request.receive, request.send)
                 else:
-                    await request.run_enforced(scope, request.receive, request.send)
+                    await self._run_guarded(request, scope, send)
             except BaseException as exc:
                 if not request.is_cancellation_requested or not request.absorbs(exc):
                     raise
             finally:
-                request.close()
-                if rates is not None:
-                    rates.close()
-            if request.is_cancellation_requested:
+                fired = request.end()
+            if fired:
                 await request.finish_aborted(scope)
         finally:
-            request.detach()
+            if fired:
+                request.detach()
             current.reset(reset)
+
+    async def _run_guarded(self, request: HttpRequest, scope: Scope, send: Send) -> None:
+        """Run the app under ``enforce_after`` and the data-rate watch, where they are set."""
+        if not self.rates or scope["type"] != "http":
+            await request.run_enforced(scope, request.receive, request.send)
+            return
+        rates = RateWatch(request, send, self.min_send_rate, self.min_receive_rate, scope)
+        try:
+            await request.run_enforced(scope, rates.receive, rates.send)
+        finally:
+            rates.close()

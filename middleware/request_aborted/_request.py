@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from threading import get_ident
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from starlette.types import Message, Receive, Scope, Send
@@ -43,7 +44,7 @@ from ._exceptions import (
     describe,
 )
 from ._lifetime import lifetime_of
-from ._loop import Loop, call_in_loop, is_current
+from ._loop import Loop, call_in_loop
 from ._registration import Registration
 from ._scope import TokenScope
 from ._timeouts import TimeoutPolicy, resolve_policy
@@ -124,7 +125,7 @@ class HttpRequest(CancellationTokenSource):
         self.body_done = False
         self.reading = False  # a server receive() is outstanding, on behalf of the app
         self.started_at = time.monotonic()
-        # Held strongly only while the request runs (close() drops it): a source that keeps
+        # Held strongly only while the request runs (end() drops it): a source that keeps
         # its token is a reference cycle.
         self._live_token: CancellationToken | None = CancellationToken(self)
         scope[SCOPE_KEY] = self._live_token
@@ -133,12 +134,18 @@ class HttpRequest(CancellationTokenSource):
         self._status = config.timeout_status
         self._header_deadline: float | None = None
         self._registration: Registration | None = None
+        # An empty state holds no lifetime (whose shutdown token the request would follow).
+        if not config.arms_nothing or scope.get("state"):
+            self._arm_from(config, scope)
+
+    def _arm_from(self, config: RequestAbortedMiddleware, scope: Scope) -> None:
+        """What may fire the token on its own: the default timeout, a deadline header, shutdown."""
         if config.deadline_headers:
             self._read_deadline_headers(scope)
         if config.default_policy.timeout is not None or self._header_deadline is not None:
             self._arm(config.default_policy, config.default_policy_name)
         shutdown = config.shutdown
-        if shutdown is None and scope.get("state"):  # an empty state holds no lifetime
+        if shutdown is None and scope.get("state"):
             lifetime = lifetime_of(scope)
             if lifetime is not None:
                 shutdown = lifetime.grace_expired
@@ -218,9 +225,10 @@ class HttpRequest(CancellationTokenSource):
         return watcher
 
     def _observed(self) -> None:
-        # Application code looked at the token, from whichever thread: start watching. (on_loop,
-        # spelled out: this runs for every request that observes its token.)
-        if is_current(self._loop, self._thread):
+        # Application code looked at the token, from whichever thread: start watching. (on_loop
+        # and is_current, spelled out: this runs for every request that observes its token.)
+        self._unobserved = False
+        if self._thread == get_ident():
             self._watch_soon()
         else:
             self._loop.call_soon_threadsafe(self._watch_soon)
@@ -318,8 +326,10 @@ class HttpRequest(CancellationTokenSource):
                     config.enforce_after,
                 )
 
-    def close(self) -> None:
-        """Stop watching, and drop what would tie the token to the server once the request is over.
+    def end(self) -> bool:
+        """Stop watching, and drop what would tie the token to the server once the request is over;
+        whether the token fired. If it did, the request's answer is still to be sent
+        (``finish_aborted()``), and ``detach()`` follows it; if not, this detaches the request.
 
         The token outlives the request (it is in the scope, maybe in a task the handler started)
         and refers to this object, so this object must not keep the token, nor the server's
@@ -343,6 +353,10 @@ class HttpRequest(CancellationTokenSource):
             watcher.stop()
         if self._timer is not None or self._parents:
             CancellationTokenSource.close(self)
+        if self._reason is None:
+            self._send = _send_over  # detach(), spelled out: nothing more will be sent for it
+            return False
+        return True
 
     def detach(self) -> None:
         """The last tie from the token (which outlives the request) to the server's objects

@@ -28,8 +28,9 @@ from threading import get_ident
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, NoReturn, Self
 
+from ._current import current
 from ._exceptions import OperationCancelled
-from ._loop import Handle, Loop, call_in_loop, current_task, running_loop
+from ._loop import Handle, Loop, call_in_loop, current_task, running_loop, task_on
 from ._registration import Registration
 
 if TYPE_CHECKING:
@@ -115,28 +116,28 @@ class TokenScope(Registration):
         if self._state is not _CREATED:
             raise RuntimeError("a token scope can be entered only once")
         source = self._token._source
+        request: object = current.get(None)
         if (
             source is not None
             and source._scope is None
+            and request is source
             and source._thread == get_ident()
-            and source._loop is not None
         ):
-            # The common case: a request's token, on the request's own thread, no other scope
-            # of it active. The source holds this scope directly (no lock, no callback table),
-            # and the task is asked of the request's loop (skipping the getpid() that
-            # asyncio.current_task() makes on CPython 3.11). None if the loop was replaced since,
-            # or is a trio run's stand-in: then the general path below.
+            # The common case: the current request's token, on the request's own thread, no
+            # other scope of it active. The request holds this scope directly (no lock, no
+            # callback table, and not in the chain of scopes: critical sections find it through
+            # the current request), and the task is asked of the request's loop (_loop.task_on:
+            # no getpid(), which asyncio.current_task() makes on CPython 3.11). None if the loop
+            # was replaced since, or is a trio run's stand-in: then the general path below.
             loop = source._loop
-            task = asyncio.current_task(loop)  # type: ignore[arg-type]
+            task = task_on(loop)
             if task is not None:
                 self._task = task
                 self._loop = loop
                 self._cancelling = task.cancelling()
                 self._state = _ENTERED
-                self._outer = _innermost.get()
-                self._context = _innermost.set(self)
                 if source._unobserved:
-                    source._notify_observer()
+                    source._observed()
                 self._source = source
                 source._scope = self
                 # Read after setting _scope: a cancel() in another thread either takes this
@@ -335,6 +336,12 @@ class CriticalSection:
                 scope._shield()
                 self._shielded.append(scope)
             scope = scope._outer
+        # A scope of the current request's token held by the request is not in the chain (see
+        # TokenScope.__aenter__): it is found through the request, the only place it can be.
+        held = getattr(current.get(None), "_scope", None)
+        if isinstance(held, TokenScope) and held._task is task and held._state is _ENTERED:
+            held._shield()
+            self._shielded.append(held)
         if self._grace is None or self._token._source is None:
             return type(self._token).NONE
         loop = running_loop()

@@ -55,7 +55,8 @@ class CancellationTokenSource:
       dictionary operations and is never held while taking another lock); ``loop``/``thread``
       bind the source to the loop it lives on, which then serves its timers and scopes.
     * ``_observed()`` hook: application code looked at the token for the first time (any thread).
-      Called only while ``_unobserved`` is true, which a subclass sets to ask for it.
+      Called only while ``_unobserved`` is true, which a subclass sets to ask for it; the hook
+      clears it (one call fewer on a path every observed request takes).
     * ``_cancelled()`` hook: the source has just fired; runs before the registered callbacks.
       Hooks are methods rather than stored callbacks because a bound method kept on its own
       instance is a reference cycle, and cycles are what the cyclic GC has to find.
@@ -65,7 +66,9 @@ class CancellationTokenSource:
     * ``_scope``: the one ``TokenScope`` held directly instead of in the callback table, the
       common case of a request's token scoped on its own loop thread; only ``TokenScope`` writes
       it, and only on the source's ``_thread``. ``cancel()`` takes it (any thread) and fires it
-      first. Readable by ``TokenScope`` for the same path: ``_loop``, ``_thread``, ``_reason``.
+      first. Readable by ``TokenScope`` for the same path: ``_loop``, ``_thread``, ``_reason``;
+      ``_scope`` also by ``CriticalSection`` (it is held only for the current request, and
+      critical sections find it there).
     * read-only for subclasses: ``_reason``, ``_cancelled_at``, ``_timer``, ``_parents``,
       ``_loop``, ``_thread``.
     """
@@ -103,7 +106,7 @@ class CancellationTokenSource:
         # the scope reads _reason after setting it, so one of the two always sees the other).
         self._scope: TokenScope | None = None
         self._lock = lock
-        self._unobserved = False  # True while _observed() is still to be called
+        self._unobserved = False  # True while _observed() is still to be called (it clears it)
         # The loop, and the thread running it, when the source belongs to one (a request's):
         # timers and scopes then find them without asking asyncio (see _home_loop()).
         self._loop = loop
@@ -267,7 +270,7 @@ class CancellationTokenSource:
         Counts as observing the token.
         """
         if self._unobserved:
-            self._notify_observer()
+            self._observed()
         with self._lock:
             if self._reason is None:
                 callbacks = self._callbacks
@@ -296,12 +299,9 @@ class CancellationTokenSource:
     def _cancel_from_parent(self, reason: BaseException) -> None:
         self.cancel(reason)
 
-    def _notify_observer(self) -> None:
-        self._unobserved = False
-        self._observed()
-
     def _observed(self) -> None:
         """Hook: application code looked at the token for the first time (any thread)."""
+        self._unobserved = False
 
     def _cancelled(self) -> None:
         """Hook: the source has just fired; runs before the registered callbacks."""
@@ -354,7 +354,7 @@ class CancellationToken:
         if source is None:
             return False
         if source._unobserved:
-            source._notify_observer()
+            source._observed()
         return source._reason is not None
 
     @property
@@ -369,7 +369,7 @@ class CancellationToken:
         if source is None:
             return None
         if source._unobserved:
-            source._notify_observer()
+            source._observed()
         return source._reason
 
     @property

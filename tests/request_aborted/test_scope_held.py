@@ -1,10 +1,12 @@
-"""``token.scope()`` on a token bound to its loop (a request's): the source holds the scope.
+"""``token.scope()`` on the current request's token: the request holds the scope.
 
-A request's source knows its loop and that loop's thread, so a scope entered there, with no other
-scope of that token active, is held by the source directly rather than registered under its lock.
-These specify that the held scope behaves as a registered one: interrupted from any thread, refused
-when the token already fired, shielded by critical sections, counted, released. The general path
-has its own specifications in ``test_scope.py``.
+A request's source knows its loop and that loop's thread, so a scope of the current request's
+token entered there, with no other scope of that token active, is held by the source directly
+rather than registered under its lock (and critical sections find it through the current
+request). These specify that the held scope behaves as a registered one: interrupted from any
+thread, refused when the token already fired, shielded by critical sections, counted, released;
+and that it is taken only where it can be found again. The general path has its own
+specifications in ``test_scope.py``.
 """
 
 from __future__ import annotations
@@ -14,16 +16,40 @@ import threading
 
 import pytest
 
-from request_aborted import CancellationTokenSource, ClientDisconnected, OperationCancelled
+from request_aborted import (
+    CancellationTokenSource,
+    ClientDisconnected,
+    OperationCancelled,
+    _current,
+)
 
 FOREVER = 3600
 
 
 class LoopBoundSource(CancellationTokenSource):
-    """A source bound to the running loop and its thread, as the middleware's requests are."""
+    """A source bound to the running loop and its thread and published as the current request
+    (in the running task's context), as the middleware's requests are."""
+
+    def __init__(self, lock: threading.Lock | None = None, *, current: bool = True) -> None:
+        lock = threading.Lock() if lock is None else lock
+        self._init_source(lock, asyncio.get_running_loop(), threading.get_ident())
+        if current:
+            _current.current.set(self)  # type: ignore[arg-type]  # a source, not a whole request
+
+
+class CountingLock:
+    """A lock that counts how often it was taken: the registered path takes it, the held not."""
 
     def __init__(self) -> None:
-        self._init_source(threading.Lock(), asyncio.get_running_loop(), threading.get_ident())
+        self.lock = threading.Lock()
+        self.taken = 0
+
+    def __enter__(self) -> bool:
+        self.taken += 1
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.lock.__exit__(*exc_info)
 
 
 def cancelling() -> int:
@@ -141,3 +167,72 @@ def test_held_scope_of_one_task_does_not_hold_a_sibling_tasks_scope_back() -> No
         return sorted(outcomes)
 
     assert asyncio.run(main()) == ["first", "second"]
+
+
+def test_a_scope_of_the_current_requests_token_takes_no_lock() -> None:
+    async def main() -> int:
+        lock = CountingLock()
+        source = LoopBoundSource(lock)  # type: ignore[arg-type]
+        async with source.token.scope():
+            await asyncio.sleep(0)
+        return lock.taken
+
+    assert asyncio.run(main()) == 0
+
+
+def test_a_scope_of_a_token_that_is_not_the_current_requests_is_registered() -> None:
+    # Held, a critical section of another token in this task would not find it: it must join
+    # the chain of scopes (registered under the lock) instead.
+    async def main() -> tuple[int, int]:
+        lock = CountingLock()
+        source = LoopBoundSource(lock, current=False)  # type: ignore[arg-type]
+        async with source.token.scope():
+            inside = source.registrations
+            await asyncio.sleep(0)
+        return lock.taken, inside
+
+    taken, inside = asyncio.run(main())
+    assert taken >= 2  # registered and removed
+    assert inside == 1
+
+
+def test_held_scope_is_held_off_by_a_critical_section_of_another_token() -> None:
+    async def main() -> list[str]:
+        steps = []
+        source = LoopBoundSource()
+        other = CancellationTokenSource()  # e.g. a linked source a repository made
+        with pytest.raises(OperationCancelled):
+            async with source.token.scope():
+                async with other.token.critical_section():
+                    asyncio.get_running_loop().call_soon(source.cancel)
+                    await asyncio.sleep(0.02)
+                    steps.append("committed")
+                steps.append("section over")
+                await asyncio.sleep(FOREVER)
+        return steps
+
+    assert asyncio.run(main()) == ["committed", "section over"]
+
+
+def test_held_scope_in_a_task_the_handler_started_is_held_off_by_its_critical_section() -> None:
+    async def main() -> list[str]:
+        source = LoopBoundSource()
+        steps: list[str] = []
+
+        async def work() -> None:  # sees the request as current: its context is a copy
+            try:
+                async with source.token.scope():
+                    async with CancellationTokenSource().token.critical_section():
+                        await asyncio.sleep(0.02)
+                        steps.append("committed")
+                    await asyncio.sleep(FOREVER)
+            except OperationCancelled:
+                steps.append("interrupted after the section")
+
+        task = asyncio.create_task(work())
+        await asyncio.sleep(0)
+        source.cancel()
+        await task
+        return steps
+
+    assert asyncio.run(main()) == ["committed", "interrupted after the section"]

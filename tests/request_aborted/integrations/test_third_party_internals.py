@@ -25,6 +25,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 from request_aborted import CancellationTokenSource
 from request_aborted._httpx_abort import AbortableBackend, install_backend
 from request_aborted._httpx_flavour import Flavour
+from request_aborted._loop import task_on
 from request_aborted._sqlalchemy_drivers import GuardedCursor
 from request_aborted._sqlalchemy_poolwait import CancellableQueue, make_waits_cancellable
 from request_aborted.sqlalchemy import cancellable, install_cancellation
@@ -57,6 +58,21 @@ def test_sqlalchemys_streamed_result_has_its_drivers_cursor_wrapped() -> None:
             await engine.dispose()
 
     assert isinstance(asyncio.run(main()), GuardedCursor), "the adapter's _cursor moved"
+
+
+def test_the_task_running_on_a_loop_is_found_where_token_scopes_look_for_it() -> None:
+    # _loop.task_on: on CPython 3.11, asyncio's dictionary of running tasks, read directly (the
+    # Python-level current_task() around it costs a call per token scope); 3.12's C version after.
+    async def main() -> tuple[object, object, object]:
+        idle = asyncio.new_event_loop()
+        try:
+            return task_on(asyncio.get_running_loop()), asyncio.current_task(), task_on(idle)
+        finally:
+            idle.close()
+
+    found, running, elsewhere = asyncio.run(main())
+    assert found is running is not None, "asyncio.tasks._current_tasks moved"
+    assert elsewhere is None
 
 
 def test_asyncpg_still_sends_cancel_requests_through_its_own_connection() -> None:
