@@ -2,10 +2,12 @@
 
 The watcher's pump (``_watcher``) spends its life parked in the server's ``receive()`` and is
 cancelled when the request ends, usually before it ever received anything. As an
-``asyncio.Task`` that costs a task object, a loop turn for its first step, another for its
-cancellation, and its done callbacks: measured at about 9 % of the request rate under load, for
-work that is one pending future. ``Driven`` keeps only what a task keeps for that: the coroutine,
-its context, and the one future (or ``call_soon`` handle) it waits on.
+``asyncio.Task`` it is a task object in asyncio's task set, a loop turn for its first step and
+another for its cancellation, for work that is one pending future; and a task cannot take its
+first step inside the call that starts it, where a reader waiting for that read wants it.
+``Driven`` keeps only what a task keeps for that: the coroutine, its context, and the one future
+(or ``call_soon`` handle) it waits on. Measured (BENCHMARKS.md, issue 17): under uvicorn about as
+cheap as a task, which is C code where this is Python; what a pump costs is its work.
 
 * The first step runs at once, inside ``start()`` (no loop turn), or at the loop's next turn
   (``start_soon()``, as a new task's would: cheaper for a coroutine often cancelled first).

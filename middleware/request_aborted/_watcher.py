@@ -13,8 +13,9 @@ that observed its token joins the ``Watchlist`` and gets a watcher only if it st
 its first ``receive()``, so that read can be interrupted.
 
 The pump is a coroutine driven by hand (``_driven.Driven``), not an asyncio task, wherever the
-server's ``receive()`` is one we have read and know never needs to run *as a task*: a task per
-watched request cost about 9 % of the request rate under load, for one pending ``receive()``. A
+server's ``receive()`` is one we have read and know never needs to run *as a task*: no task per
+watched request for one pending ``receive()``, and a reader that starts the pump gets its first
+read within the call (measured, BENCHMARKS.md: as cheap as a task under uvicorn, not cheaper). A
 ``receive()`` that does need a task of its own (anyio's cancel scopes and ``asyncio.timeout`` tie
 themselves to ``asyncio.current_task()``, which for a hand-driven coroutine is the app's task in
 its first step and nothing later) would fail there, or worse, cancel the app. We cannot tell
