@@ -11,19 +11,6 @@ read their body straight from the server (``_request``), carrying none of this s
 that observed its token joins the ``Watchlist`` and gets a watcher only if it still runs
 ``watch_delay`` later; a request whose token may fire on its own (a timeout, shutdown) gets one at
 its first ``receive()``, so that read can be interrupted.
-
-The pump is a coroutine driven by hand (``_driven.Driven``), not an asyncio task, wherever the
-server's ``receive()`` is one we have read and know never needs to run *as a task*: no task per
-watched request for one pending ``receive()``, and a reader that starts the pump gets its first
-read within the call (measured, BENCHMARKS.md: as cheap as a task under uvicorn, not cheaper). A
-``receive()`` that does need a task of its own (anyio's cancel scopes and ``asyncio.timeout`` tie
-themselves to ``asyncio.current_task()``, which for a hand-driven coroutine is the app's task in
-its first step and nothing later) would fail there, or worse, cancel the app. We cannot tell
-that from outside, so the rule is a list of the ``receive()`` implementations read
-(``TASKLESS_RECEIVES``, kept honest by the end-to-end server matrix, which asserts the pump of
-each server is task-free) and a task for anything else: a wrapper we do not know costs what it
-cost before, never more.
-Under trio (``_trio.TrioLoop``) the pump is always the run's task: its primitives need one.
 """
 
 from __future__ import annotations
@@ -32,51 +19,14 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from ._driven import Driven
 from ._loop import Handle, Loop, TaskHandle, Waiter, is_cancellation
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive
 
-__all__ = [
-    "DISCONNECT_TYPES",
-    "TASKLESS_RECEIVES",
-    "Watched",
-    "Watcher",
-    "Watchlist",
-    "hand_drivable",
-]
+__all__ = ["DISCONNECT_TYPES", "Watched", "Watcher", "Watchlist"]
 
 DISCONNECT_TYPES = frozenset({"http.disconnect", "websocket.disconnect"})
-
-# Modules whose HTTP ``receive()`` we have read: it awaits plain asyncio futures (an
-# ``asyncio.Event``, an ``asyncio.Queue``, granian's future) and never asks for the current task,
-# so the pump may call it without being a task. Read for uvicorn 0.55 (h11, httptools; also under
-# gunicorn's worker), hypercorn 0.18 and daphne 4.2 (``asyncio.Queue.get``), granian 2.8, Starlette
-# 1.10's TestClient, httpx 0.29's ASGITransport, and this package's ``testing.Exchange``.
-TASKLESS_RECEIVES = frozenset(
-    {
-        "uvicorn.protocols.http.h11_impl",
-        "uvicorn.protocols.http.httptools_impl",
-        "uvicorn.middleware.message_logger",
-        "asyncio.queues",
-        "granian._granian",
-        "starlette.testclient",
-        "httpx._transports.asgi",
-        "request_aborted.testing",
-    }
-)
-
-
-def hand_drivable(loop: Loop, receive: Receive) -> bool:
-    """Whether a pump calling ``receive`` may be driven by hand rather than be a task (see the
-    module docstring): on an asyncio loop, for a ``receive()`` from ``TASKLESS_RECEIVES``."""
-    if not isinstance(loop, asyncio.AbstractEventLoop):
-        return False
-    module = getattr(receive, "__module__", None)
-    if module is None:  # a method written in C or Rust: its module is its class's
-        module = type(getattr(receive, "__self__", None)).__module__
-    return module in TASKLESS_RECEIVES
 
 
 class Watched(Protocol):
@@ -138,13 +88,12 @@ class Watcher:
 
     @property
     def pumping(self) -> bool:
-        """Whether a pump is reading ahead."""
+        """Whether a pump task is reading ahead."""
         return self._pump is not None
 
     async def receive(self) -> Message:
         """The app's ``receive()`` once the request has a watcher."""
         request = self._request
-        started = False
         while True:
             buffer = self._buffer
             if buffer:
@@ -161,51 +110,22 @@ class Watcher:
             if request.interruptible:
                 if request.is_cancellation_requested:
                     return request.given_up  # timed out or shutting down: the body is not wanted
-                if self._pump is None and not started:
-                    # A hand-driven pump's first step runs inside start(): what it read is in
-                    # the buffer already, and it woke no reader (none was parked yet). Look
-                    # again before parking. Once per call: a pump that quit at once (a server
-                    # that answers after the body's end) must not be restarted in a busy loop.
-                    started = True
-                    self.start(now=True)
-                    continue
+                if self._pump is None:
+                    self.start()
             elif self._pump is None and not request.reading:
                 return await request.read_directly()
             await self._wait_for_news()
 
-    def start(self, *, now: bool = False) -> None:
-        """Start the pump, unless there is nothing left to watch.
-
-        A hand-driven pump takes its first step at the loop's next turn, as a task would, unless
-        ``now``: a request that outlived ``watch_delay`` often ends within that same turn, and a
-        pump stopped before its first step never called the server (measured: starting every
-        watchlist pump at once cost 5 % of the request rate under uvicorn, against 0 for the
-        next turn). ``receive()`` asks for ``now``: the app waits to read, so the read is wanted
-        at once, and the pump's first step (the server's ``receive()``, and, if a message was
-        waiting, noting it, firing the token on a disconnect, waking readers) runs before this
-        returns; ``receive()`` looks at the buffer again after starting.
-        """
+    def start(self) -> None:
+        """Start the pump, unless there is nothing left to watch."""
         request = self._request
         if self._pump is None and request.disconnect is None and not request.completed:
-            loop = self._loop
-            if hand_drivable(loop, self._receive):
-                assert isinstance(loop, asyncio.AbstractEventLoop)
-                pump = self._pump = Driven(self._run(), loop)
-                # After the assignment: the pump may drop itself in its first step (see _run).
-                if now:
-                    pump.start()
-                else:
-                    pump.start_soon()
-            else:
-                self._pump = loop.create_task(self._run())
+            self._pump = self._loop.create_task(self._run())
 
     def stop(self) -> None:
-        """Stop watching. A hand-driven pump is finished here and now: its pending ``receive()``
-        is cancelled and its cleanup runs before this returns (one that awaits goes on from
-        callbacks, owned by what it awaits, like a cancelled task). A task pump is cancelled,
-        not awaited: it is parked in the server's ``receive()`` and finishes at the loop's next
-        turn, so the request need not wait for two more turns of the loop to end (measured:
-        that wait was most of the pump's cost)."""
+        """Stop watching. The pump is cancelled, not awaited: it is parked in the server's
+        ``receive()`` and finishes at the loop's next turn, so the request need not wait for two
+        more turns of the loop to end (measured: that wait was most of the pump's cost)."""
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.cancel()
