@@ -3,9 +3,9 @@
 Pure ASGI, and cheap where the token is not used: per request one object (``_request``: the token
 source, the connection's state and the request's timer in one), its token and one context-variable
 set, and nothing left behind for the cyclic garbage collector. Watching the connection, the only
-costly part, starts only for requests still running ``watch_delay`` after application code first
-observed the token (see ``_watcher``). Put it outermost, before anything that reads the body, so it
-owns ``receive`` and its token is bound before routing and exception handlers run.
+costly part, starts only for requests still running a ``watch_delay`` or two after application
+code first observed the token (see ``_watcher``). Put it outermost, before anything that reads the
+body, so it owns ``receive`` and its token is bound before routing and exception handlers run.
 """
 
 from __future__ import annotations
@@ -65,10 +65,11 @@ class RequestAbortedMiddleware:
     * ``max_buffer``: body bytes read ahead while watching for a disconnect before reading pauses
       until the app catches up (backpressure).
     * ``watch_delay``: how long after application code first observes the token the connection
-      starts being watched (seconds; default 1 ms, ``0`` for at once, at most ``MAX_WATCH_DELAY``).
-      Handlers that observe their token and finish sooner never pay for a watcher task; a
-      disconnect inside that window is noticed when it ends. The watchlist holds every request
-      that looked within the last ``watch_delay``, finished or not, hence the bound.
+      starts being watched: between one and two ``watch_delay`` (seconds; default 1 ms, ``0`` for
+      at once, at most ``MAX_WATCH_DELAY``). Handlers that observe their token and finish sooner
+      never pay for a watcher task; a disconnect inside that window is noticed when it ends. The
+      watchlist holds every request that looked within the last two ``watch_delay``, finished or
+      not, hence the bound.
     """
 
     def __init__(

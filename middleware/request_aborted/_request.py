@@ -11,7 +11,7 @@ only, uvicorn answers every later call at once):
 
 * While nobody watches, the app's ``receive()`` goes straight to the server, one call at a time,
   and the request merely notes what passes: no task, no buffer.
-* Once watching starts (``_watcher``: the first look at the token, ``watch_delay`` later; or the
+* Once watching starts (``_watcher``: one or two ``watch_delay`` after the first look; or the
   first read of a request whose token may fire on its own), reads go through a ``Watcher``.
 * A disconnect is remembered and answered to every later ``receive()``. A disconnect (or a ``send``
   that fails because the connection is gone: ``OSError`` in ASGI 2.4, uvloop's "handler is closed"
@@ -96,7 +96,6 @@ class HttpRequest(CancellationTokenSource):
         "reading",
         "started",
         "started_at",
-        "watch_at",
     )
 
     _loop: Loop  # always set here, unlike on a plain source
@@ -113,7 +112,6 @@ class HttpRequest(CancellationTokenSource):
         self._receive = receive
         self._send = send
         self._watcher: Watcher | None = None  # created when watching starts (see _watcher)
-        self.watch_at = -1.0  # when the watchlist starts watching (while it waits there)
         # Set when the token may fire on its own (a timeout, shutdown): then a read of the body
         # must be interruptible, so the app's reads go through the watcher rather than straight
         # to the server, and a fired token answers them.
@@ -241,9 +239,10 @@ class HttpRequest(CancellationTokenSource):
     def _watch_soon(self) -> None:
         # Most requests that glance at their token are over within a millisecond or two, long
         # before a client could give up on them; a pump for each would cost more than the
-        # request. So the pump starts ``watch_delay`` after the first look, if still wanted.
+        # request. So the pump starts a ``watch_delay`` or two after the first look, if still
+        # wanted.
         watcher = self._watcher
-        if self.watch_at < 0 and (watcher is None or not watcher.pumping):
+        if watcher is None or not watcher.pumping:
             watchlist = self._watchlist
             if watchlist is not None:
                 watchlist.add(self)
