@@ -106,7 +106,11 @@ def current_token() -> CancellationToken:
 
 def request_aborted(connection: HTTPConnection) -> CancellationToken:
     """Return the token of ``connection`` (a Starlette ``Request`` or ``WebSocket``)."""
-    return scope_token(connection.scope)
+    try:  # scope_token(), spelled out: handlers call this on every request that looks
+        token: CancellationToken = connection.scope[SCOPE_KEY]
+    except KeyError:
+        raise RuntimeError(NOT_INSTALLED) from None
+    return token
 
 
 def scope_token(scope: Scope) -> CancellationToken:

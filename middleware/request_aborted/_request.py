@@ -223,13 +223,18 @@ class HttpRequest(CancellationTokenSource):
         return watcher
 
     def _observed(self) -> None:
-        # Application code looked at the token, from whichever thread: start watching. (on_loop
-        # and is_current, spelled out: this runs for every request that observes its token.)
+        # Application code looked at the token, from whichever thread: start watching. (on_loop,
+        # is_current and the common case of _watch_soon, spelled out: this runs for every
+        # request that observes its token.)
         self._unobserved = False
-        if self._thread == get_ident():
-            self._watch_soon()
-        else:
+        if self._thread != get_ident():
             self._loop.call_soon_threadsafe(self._watch_soon)
+            return
+        watchlist = self._watchlist
+        if watchlist is not None and self._watcher is None:
+            watchlist.add(self)
+        else:
+            self._watch_soon()
 
     def _cancelled(self) -> None:
         watcher = self._watcher
