@@ -134,11 +134,13 @@ class RequestAbortedMiddleware:
         found running in this thread before is the running loop while it still runs: two loops
         cannot run in one thread at once. (Moving a loop to another thread while this thread
         runs a new one would defeat it; asyncio allows that, nobody does it.) Under trio the
-        loop is the run's ``TrioLoop``, found the same way once per run (``_loop``).
+        loop is the run's ``TrioLoop``, found the same way once per run (``_loop``). Every
+        request asks, so ``__call__`` spells out the check of the cache and calls this only
+        when it fails.
         """
         cached = self._running
         if cached is not None and cached[0] == get_ident() and cached[1].is_running():
-            return cached  # (is_current() with the thread known, spelled out: every request)
+            return cached  # (is_current() with the thread known, spelled out)
         loop = running_loop()
         watchlist = Watchlist(loop, self.watch_delay) if self.watch_delay > 0 else None
         cached = self._running = (get_ident(), loop, watchlist)
@@ -151,7 +153,12 @@ class RequestAbortedMiddleware:
             return
         # Everything this request needs is the one request object (its token source and its
         # connection) plus its token: the path every request takes, whether or not it looks.
-        request = (HttpRequest if kind == "http" else WebSocketRequest)(self, scope, receive, send)
+        running = self._running
+        if running is None or running[0] != get_ident() or not running[1].is_running():
+            running = self.running()
+        request = (HttpRequest if kind == "http" else WebSocketRequest)(
+            self, running, scope, receive, send
+        )
         reset = current.set(request)
         fired = True  # until end() says otherwise (it detaches a request whose token did not fire)
         try:

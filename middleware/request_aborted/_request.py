@@ -49,7 +49,7 @@ from ._registration import Registration
 from ._scope import TokenScope
 from ._timeouts import TimeoutPolicy, resolve_policy
 from ._token import CancellationToken, CancellationTokenSource
-from ._watcher import DISCONNECT_TYPES, Watcher
+from ._watcher import DISCONNECT_TYPES, Watcher, Watchlist
 
 if TYPE_CHECKING:
     from ._middleware import RequestAbortedMiddleware
@@ -104,9 +104,14 @@ class HttpRequest(CancellationTokenSource):
     given_up: ClassVar[Message] = _GIVEN_UP
 
     def __init__(
-        self, config: RequestAbortedMiddleware, scope: Scope, receive: Receive, send: Send
+        self,
+        config: RequestAbortedMiddleware,
+        running: tuple[int, Loop, Watchlist | None],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        thread, loop, self._watchlist = config.running()
+        thread, loop, self._watchlist = running  # the thread, its loop and the loop's watchlist
         self._init_source(config.lock, loop, thread)
         self._config = config
         self._receive = receive
