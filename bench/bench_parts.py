@@ -173,6 +173,7 @@ async def parts(number: int) -> dict[str, float]:
         "thread": threading.get_ident(),
         "time": time,
         "current": current,
+        "get_ident": threading.get_ident,
     }
     copy = best("SCOPE.copy()", names, number)
     found = {
@@ -186,8 +187,8 @@ async def parts(number: int) -> dict[str, float]:
             number,
         )
         - copy,
-        "  of which: the loop cache, asked (a miss's method call included)": best(
-            "middleware.running()", names, number
+        "  of which: the loop cache, checked": best(
+            "r = middleware._running; r[0] == get_ident() and r[1].is_running()", names, number
         ),
         "  of which: the token source's fields (_init_source)": best(
             "request._init_source(lock, loop, thread)", names, number

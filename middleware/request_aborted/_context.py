@@ -106,11 +106,7 @@ def current_token() -> CancellationToken:
 
 def request_aborted(connection: HTTPConnection) -> CancellationToken:
     """Return the token of ``connection`` (a Starlette ``Request`` or ``WebSocket``)."""
-    try:  # scope_token(), spelled out: handlers call this on every request that looks
-        token: CancellationToken = connection.scope[SCOPE_KEY]
-    except KeyError:
-        raise RuntimeError(NOT_INSTALLED) from None
-    return token
+    return scope_token(connection.scope)
 
 
 def scope_token(scope: Scope) -> CancellationToken:

@@ -127,24 +127,21 @@ class RequestAbortedMiddleware:
         )
 
     def running(self) -> tuple[int, Loop, Watchlist | None]:
-        """This thread, its running loop and the loop's watchlist, found cheaply.
+        """This thread, its running loop and the loop's watchlist, found and remembered.
 
         On CPython 3.11 ``get_running_loop()`` makes a ``getpid()`` system call every time
         (3.12 dropped it), measured here at a fifth of this middleware's per-request cost. A loop
         found running in this thread before is the running loop while it still runs: two loops
         cannot run in one thread at once. (Moving a loop to another thread while this thread
-        runs a new one would defeat it; asyncio allows that, nobody does it.) Under trio the
-        loop is the run's ``TrioLoop``, found the same way once per run (``_loop``). Every
-        request asks, so ``__call__`` spells out the check of the cache and calls this only
-        when it fails.
+        runs a new one would defeat it; asyncio allows that, nobody does it.) So ``__call__``
+        checks what was remembered (is_current() with the thread known, spelled out: every
+        request asks) and calls this only when that fails. Under trio the loop is the run's
+        ``TrioLoop``, found the same way once per run (``_loop``).
         """
-        cached = self._running
-        if cached is not None and cached[0] == get_ident() and cached[1].is_running():
-            return cached  # (is_current() with the thread known, spelled out)
         loop = running_loop()
         watchlist = Watchlist(loop, self.watch_delay) if self.watch_delay > 0 else None
-        cached = self._running = (get_ident(), loop, watchlist)
-        return cached
+        found = self._running = (get_ident(), loop, watchlist)
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

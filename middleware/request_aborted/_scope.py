@@ -152,7 +152,7 @@ class TokenScope(Registration):
         task = None
         home = None if source is None else source._home_loop()
         if home is not None:
-            task = asyncio.current_task(home)  # type: ignore[arg-type]
+            task = task_on(home)
         if task is None:
             try:
                 task = asyncio.current_task()

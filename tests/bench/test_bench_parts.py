@@ -16,7 +16,7 @@ PARTS = [
     "observed: ours over the floor's block",
     "the request object, made and ended",
     "the floor's request and token objects",
-    "the loop cache, asked",
+    "the loop cache, checked",
     "the token source's fields (_init_source)",
     "the token view",
     "the start time (time.monotonic)",
