@@ -111,8 +111,20 @@ class HttpRequest(CancellationTokenSource):
         receive: Receive,
         send: Send,
     ) -> None:
-        thread, loop, self._watchlist = running  # the thread, its loop and the loop's watchlist
-        self._init_source(config.lock, loop, thread)
+        # The token source's fields, as _init_source(config.lock, loop, thread) sets them, spelled
+        # out (a call fewer on the path of every request; test_request_object checks that every
+        # slot of the source is set).
+        self._thread, self._loop, self._watchlist = running  # the thread, its loop, its watchlist
+        self._reason = None
+        self._cancelled_at = None
+        self._callbacks = None
+        self._scope = None
+        self._lock = config.lock
+        self._unobserved = True  # the first look at the token starts the watching (not WebSockets)
+        self._own_deadline = None
+        self._parents = ()
+        self._timer = None
+        self._token = None
         self._config = config
         self._receive = receive
         self._send = send
@@ -132,8 +144,6 @@ class HttpRequest(CancellationTokenSource):
         # its token is a reference cycle.
         self._live_token: CancellationToken | None = CancellationToken(self)
         scope[SCOPE_KEY] = self._live_token
-        if scope["type"] == "http":
-            self._unobserved = True  # the first look at the token starts the watching
         self._status = config.timeout_status
         self._header_deadline: float | None = None
         self._registration: Registration | None = None
@@ -265,7 +275,8 @@ class HttpRequest(CancellationTokenSource):
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
-            self._trailers = message.get("trailers", False)
+            if "trailers" in message:  # rarely there: a membership test is the cheaper question
+                self._trailers = message["trailers"]
         elif kind == "http.response.body" or kind == "http.response.zerocopysend":
             if not message.get("more_body", False) and not self._trailers:
                 self.completed = True  # as in _complete(), inlined on the path every request takes
@@ -467,6 +478,19 @@ class WebSocketRequest(HttpRequest):
     __slots__ = ()
 
     given_up: ClassVar[Message] = {"type": "websocket.disconnect", "code": GOING_AWAY}
+
+    def __init__(
+        self,
+        config: RequestAbortedMiddleware,
+        running: tuple[int, Loop, Watchlist | None],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        super().__init__(config, running, scope, receive, send)
+        # No watching on the first look: a WebSocket app reads its messages itself, so the
+        # client's leaving reaches the token through that read (note()).
+        self._unobserved = False
 
     def absorbs(self, exc: BaseException) -> bool:
         if isinstance(self._reason, ClientDisconnected):

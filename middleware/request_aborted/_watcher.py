@@ -191,7 +191,11 @@ def _weight(message: Message) -> int:
 
 
 class Watchable(Protocol):
-    """What the watchlist needs of a request: how to start its watcher."""
+    """What the watchlist needs of a request: whether its response is complete, and how to start
+    its watcher."""
+
+    @property
+    def completed(self) -> bool: ...
 
     def start_watching(self) -> None: ...
 
@@ -238,5 +242,6 @@ class Watchlist:
         self._older = self._newer
         self._newer = []
         for request in due:
-            request.start_watching()
+            if not request.completed:  # most are: then not even a call (start_watching() asks too)
+                request.start_watching()
         self._handle = self._loop.call_later(self._delay, self._tick) if self._older else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from typing import Literal
 
 import pytest
@@ -92,6 +93,40 @@ def test_the_same_middleware_serves_one_loop_after_another() -> None:
     assert [type(reason) for reason in reasons] == [RequestTimedOut] * 3
 
 
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_the_request_object_sets_every_field_of_its_token_source(kind: str) -> None:
+    """The request sets its source's fields itself (one call fewer on the path of every request
+    than ``_init_source``): a field added to the source and not there would first show as an
+    AttributeError on some rare path, and a default changed in one place only as a behaviour."""
+    from request_aborted import CancellationTokenSource
+    from request_aborted._request import HttpRequest, WebSocketRequest
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("not run")
+
+    async def main() -> dict[str, tuple[object, object]]:
+        middleware = RequestAbortedMiddleware(app)
+        made = HttpRequest if kind == "http" else WebSocketRequest
+        scope: Scope = {"type": kind, "path": "/", "headers": []}
+        request = made(middleware, middleware.running(), scope, _CountingServer().receive, send)
+        plain = CancellationTokenSource()
+        bound = {"_lock", "_loop", "_thread", "_unobserved"}  # the request's own, checked below
+        assert (request._lock, request._loop) == (middleware.lock, asyncio.get_running_loop())
+        assert request._thread == threading.get_ident()
+        assert request._unobserved is (kind == "http")  # a WebSocket is not watched on a look
+        return {
+            name: (getattr(request, name, "<unset>"), getattr(plain, name))
+            for name in CancellationTokenSource.__slots__
+            if name not in bound and name != "__weakref__"
+            if getattr(request, name, "<unset>") != getattr(plain, name)
+        }
+
+    async def send(message: Message) -> None:
+        raise AssertionError("not sent")
+
+    assert asyncio.run(main()) == {}
+
+
 def test_a_request_token_scope_on_another_threads_loop_interrupts_that_loop() -> None:
     """A sync endpoint may run its own loop in its worker thread with the request's token: the
     scope must interrupt the task on *that* loop, not look for one on the request's loop."""
@@ -147,6 +182,7 @@ class _Channel:
         self.started = started
         self.done = done
         self.started_at: float | None = None
+        self.completed = False  # still running when its turn comes
 
     def start_watching(self) -> None:
         self.started.append(self.name)
@@ -163,14 +199,17 @@ def test_the_watchlist_starts_each_request_a_delay_or_two_after_it_joined_with_o
         watchlist = Watchlist(loop, 0.05)
         both = asyncio.Event()
         first, second = _Channel("first", started), _Channel("second", started, both)
+        finished = _Channel("finished", started)
+        finished.completed = True  # its response is out by its turn: not even asked to start
         first_at = loop.time()
         watchlist.add(first)
+        watchlist.add(finished)
         await asyncio.sleep(0.02)
         second_at = loop.time()
         watchlist.add(second)
         timers = [handle for handle in loop._scheduled if not handle.cancelled()]  # type: ignore[attr-defined]
         assert len(timers) == 1  # one timer for the whole list
-        assert len(watchlist) == 2
+        assert len(watchlist) == 3
         # Outcomes and order, and lower bounds only: a loaded machine oversleeps.
         await asyncio.wait_for(both.wait(), 10)
         assert started == ["first", "second"]
