@@ -239,15 +239,17 @@ class HttpRequest(CancellationTokenSource):
 
     def _observed(self) -> None:
         # Application code looked at the token, from whichever thread: start watching. (on_loop,
-        # is_current and the common case of _watch_soon, spelled out: this runs for every
-        # request that observes its token.)
+        # is_current and the common case of _watch_soon with the watchlist's add(), spelled out:
+        # this runs for every request that observes its token.)
         self._unobserved = False
         if self._thread != get_ident():
             self._loop.call_soon_threadsafe(self._watch_soon)
             return
         watchlist = self._watchlist
         if watchlist is not None and self._watcher is None:
-            watchlist.add(self)
+            watchlist.newer.append(self)
+            if watchlist.timer is None:
+                watchlist.start()
         else:
             self._watch_soon()
 

@@ -213,8 +213,10 @@ class TokenScope(Registration):
             self._source = None
             if source._scope is self:  # held directly (see __aenter__): on the source's thread
                 source._scope = None
-            else:
-                source._remove(self)
+                # Still held, so never fired (cancel() takes the scope before firing it): no
+                # interruption scheduled or delivered, no context variable, no trio scope.
+                return
+            source._remove(self)
         handle = self._handle
         if handle is not None:
             self._handle = None

@@ -217,31 +217,39 @@ class Watchlist:
 
     One per middleware and loop, used from the loop's thread only. The timer re-arms itself while
     requests wait and disappears when both lists are empty (or with its loop).
+
+    ``add()`` is ``newer.append()`` and, when ``timer`` is ``None``, ``start()``: the request's
+    first look spells that out (one call fewer on the path of every request that observes its
+    token), so both are public.
     """
 
-    __slots__ = ("_delay", "_handle", "_loop", "_newer", "_older")
+    __slots__ = ("_delay", "_loop", "_older", "newer", "timer")
 
     def __init__(self, loop: Loop, delay: float) -> None:
         self._loop = loop
         self._delay = delay
-        self._newer: list[Watchable] = []
-        self._older: list[Watchable] = []
-        self._handle: Handle | None = None
+        self.newer: list[Watchable] = []  # joined since the last tick
+        self._older: list[Watchable] = []  # joined before it: watched at the next
+        self.timer: Handle | None = None  # the next tick, while any request waits
 
     def __len__(self) -> int:
-        return len(self._newer) + len(self._older)
+        return len(self.newer) + len(self._older)
 
     def add(self, request: Watchable) -> None:
         """Have ``request`` start watching a ``watch_delay`` or so from now, if it still must."""
-        self._newer.append(request)
-        if self._handle is None:
-            self._handle = self._loop.call_later(self._delay, self._tick)
+        self.newer.append(request)
+        if self.timer is None:
+            self.start()
+
+    def start(self) -> None:
+        """Arm the timer (it is not armed): the next tick in a ``watch_delay``."""
+        self.timer = self._loop.call_later(self._delay, self._tick)
 
     def _tick(self) -> None:
         due = self._older
-        self._older = self._newer
-        self._newer = []
+        self._older = self.newer
+        self.newer = []
         for request in due:
             if not request.completed:  # most are: then not even a call (start_watching() asks too)
                 request.start_watching()
-        self._handle = self._loop.call_later(self._delay, self._tick) if self._older else None
+        self.timer = self._loop.call_later(self._delay, self._tick) if self._older else None
