@@ -111,20 +111,9 @@ class HttpRequest(CancellationTokenSource):
         receive: Receive,
         send: Send,
     ) -> None:
-        # The token source's fields, as _init_source(config.lock, loop, thread) sets them, spelled
-        # out (a call fewer on the path of every request; test_request_object checks that every
-        # slot of the source is set).
-        self._thread, self._loop, self._watchlist = running  # the thread, its loop, its watchlist
-        self._reason = None
-        self._cancelled_at = None
-        self._callbacks = None
-        self._scope = None
-        self._lock = config.lock
+        thread, loop, self._watchlist = running  # the thread, its loop and the loop's watchlist
+        self._init_source(config.lock, loop, thread)
         self._unobserved = True  # the first look at the token starts the watching (not WebSockets)
-        self._own_deadline = None
-        self._parents = ()
-        self._timer = None
-        self._token = None
         self._config = config
         self._receive = receive
         self._send = send
@@ -237,12 +226,13 @@ class HttpRequest(CancellationTokenSource):
             )
         return watcher
 
-    def _observed(self) -> None:
+    def _observed(self, on_thread: bool = False) -> None:
         # Application code looked at the token, from whichever thread: start watching. (on_loop,
         # is_current and the common case of _watch_soon with the watchlist's add(), spelled out:
-        # this runs for every request that observes its token.)
+        # this runs for every request that observes its token. A held scope has asked for the
+        # thread already, and get_ident() is a third of this hook's cost.)
         self._unobserved = False
-        if self._thread != get_ident():
+        if not on_thread and self._thread != get_ident():
             self._loop.call_soon_threadsafe(self._watch_soon)
             return
         watchlist = self._watchlist

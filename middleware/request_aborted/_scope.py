@@ -137,7 +137,7 @@ class TokenScope(Registration):
                 self._cancelling = task.cancelling()
                 self._state = _ENTERED
                 if source._unobserved:
-                    source._observed()
+                    source._observed(True)  # on the source's thread: asked above
                 self._source = source
                 source._scope = self
                 # Read after setting _scope: a cancel() in another thread either takes this

@@ -54,9 +54,11 @@ class CancellationTokenSource:
       ``__init__`` has other arguments. ``lock`` may be shared among sources (it guards a few
       dictionary operations and is never held while taking another lock); ``loop``/``thread``
       bind the source to the loop it lives on, which then serves its timers and scopes.
-    * ``_observed()`` hook: application code looked at the token for the first time (any thread).
-      Called only while ``_unobserved`` is true, which a subclass sets to ask for it; the hook
-      clears it (one call fewer on a path every observed request takes).
+    * ``_observed(on_thread=False)`` hook: application code looked at the token for the first time
+      (any thread; ``on_thread`` says the caller runs on the source's ``_thread``, as a held scope
+      knows it does, and spares the hook asking). Called only while ``_unobserved`` is true,
+      which a subclass sets to ask for it; the hook clears it (one call fewer on a path every
+      observed request takes).
     * ``_cancelled()`` hook: the source has just fired; runs before the registered callbacks.
       Hooks are methods rather than stored callbacks because a bound method kept on its own
       instance is a reference cycle, and cycles are what the cyclic GC has to find.
@@ -299,7 +301,7 @@ class CancellationTokenSource:
     def _cancel_from_parent(self, reason: BaseException) -> None:
         self.cancel(reason)
 
-    def _observed(self) -> None:
+    def _observed(self, on_thread: bool = False) -> None:
         """Hook: application code looked at the token for the first time (any thread)."""
         self._unobserved = False
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import threading
 from typing import Literal
 
 import pytest
@@ -91,40 +90,6 @@ def test_the_same_middleware_serves_one_loop_after_another() -> None:
     for _ in range(3):
         asyncio.run(Exchange(middleware).run())
     assert [type(reason) for reason in reasons] == [RequestTimedOut] * 3
-
-
-@pytest.mark.parametrize("kind", ["http", "websocket"])
-def test_the_request_object_sets_every_field_of_its_token_source(kind: str) -> None:
-    """The request sets its source's fields itself (one call fewer on the path of every request
-    than ``_init_source``): a field added to the source and not there would first show as an
-    AttributeError on some rare path, and a default changed in one place only as a behaviour."""
-    from request_aborted import CancellationTokenSource
-    from request_aborted._request import HttpRequest, WebSocketRequest
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        raise AssertionError("not run")
-
-    async def main() -> dict[str, tuple[object, object]]:
-        middleware = RequestAbortedMiddleware(app)
-        made = HttpRequest if kind == "http" else WebSocketRequest
-        scope: Scope = {"type": kind, "path": "/", "headers": []}
-        request = made(middleware, middleware.running(), scope, _CountingServer().receive, send)
-        plain = CancellationTokenSource()
-        bound = {"_lock", "_loop", "_thread", "_unobserved"}  # the request's own, checked below
-        assert (request._lock, request._loop) == (middleware.lock, asyncio.get_running_loop())
-        assert request._thread == threading.get_ident()
-        assert request._unobserved is (kind == "http")  # a WebSocket is not watched on a look
-        return {
-            name: (getattr(request, name, "<unset>"), getattr(plain, name))
-            for name in CancellationTokenSource.__slots__
-            if name not in bound and name != "__weakref__"
-            if getattr(request, name, "<unset>") != getattr(plain, name)
-        }
-
-    async def send(message: Message) -> None:
-        raise AssertionError("not sent")
-
-    assert asyncio.run(main()) == {}
 
 
 def test_a_request_token_scope_on_another_threads_loop_interrupts_that_loop() -> None:
