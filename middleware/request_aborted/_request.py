@@ -102,6 +102,8 @@ class HttpRequest(CancellationTokenSource):
     # What an interruptible read answers once the token fired (WebSockets say
     # "websocket.disconnect"): a class attribute, so HTTP requests pay nothing for it.
     given_up: ClassVar[Message] = _GIVEN_UP
+    # Whether application code's first look at the token starts watching the connection.
+    watches_on_look: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -113,7 +115,7 @@ class HttpRequest(CancellationTokenSource):
     ) -> None:
         thread, loop, self._watchlist = running  # the thread, its loop and the loop's watchlist
         self._init_source(config.lock, loop, thread)
-        self._unobserved = True  # the first look at the token starts the watching (not WebSockets)
+        self._unobserved = self.watches_on_look  # the first look starts the watching
         self._config = config
         self._receive = receive
         self._send = send
@@ -471,18 +473,9 @@ class WebSocketRequest(HttpRequest):
 
     given_up: ClassVar[Message] = {"type": "websocket.disconnect", "code": GOING_AWAY}
 
-    def __init__(
-        self,
-        config: RequestAbortedMiddleware,
-        running: tuple[int, Loop, Watchlist | None],
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        super().__init__(config, running, scope, receive, send)
-        # No watching on the first look: a WebSocket app reads its messages itself, so the
-        # client's leaving reaches the token through that read (note()).
-        self._unobserved = False
+    # No watching on the first look: a WebSocket app reads its messages itself, so the client's
+    # leaving reaches the token through that read (note()).
+    watches_on_look: ClassVar[bool] = False
 
     def absorbs(self, exc: BaseException) -> bool:
         if isinstance(self._reason, ClientDisconnected):

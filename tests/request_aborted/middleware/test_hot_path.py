@@ -223,6 +223,46 @@ def test_a_handler_done_within_the_watch_delay_never_starts_a_watcher() -> None:
     assert asyncio.run(main()) == 0
 
 
+def test_a_websocket_that_looks_at_its_token_starts_no_watcher() -> None:
+    """A WebSocket app reads its messages itself: the client's leaving reaches the token through
+    that read, so a look at the token starts no pump (which would read ahead of the app)."""
+    reads_while_the_app_slept: list[int] = []
+
+    class Server:
+        def __init__(self) -> None:
+            self.receives = 0
+            self.gone = asyncio.Event()
+
+        async def receive(self) -> Message:
+            self.receives += 1
+            if self.receives == 1:
+                return {"type": "websocket.connect"}
+            await self.gone.wait()
+            return {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(self, message: Message) -> None:
+            pass
+
+    server = Server()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        assert not current_token().is_cancellation_requested  # a look
+        await asyncio.sleep(0.1)  # ten watch_delays: a pump would be reading by now
+        reads_while_the_app_slept.append(server.receives)
+        server.gone.set()
+        assert (await receive())["type"] == "websocket.disconnect"
+
+    async def main() -> None:
+        middleware = RequestAbortedMiddleware(app, watch_delay=0.01)
+        scope: Scope = {"type": "websocket", "path": "/", "headers": []}
+        await middleware(scope, server.receive, server.send)
+
+    asyncio.run(main())
+    assert reads_while_the_app_slept == [1]
+
+
 def test_a_handler_still_running_after_the_watch_delay_hears_of_the_disconnect() -> None:
     seen: list[float] = []
 
