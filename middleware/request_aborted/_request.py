@@ -102,8 +102,6 @@ class HttpRequest(CancellationTokenSource):
     # What an interruptible read answers once the token fired (WebSockets say
     # "websocket.disconnect"): a class attribute, so HTTP requests pay nothing for it.
     given_up: ClassVar[Message] = _GIVEN_UP
-    # Whether application code's first look at the token starts watching the connection.
-    watches_on_look: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -115,7 +113,7 @@ class HttpRequest(CancellationTokenSource):
     ) -> None:
         thread, loop, self._watchlist = running  # the thread, its loop and the loop's watchlist
         self._init_source(config.lock, loop, thread)
-        self._unobserved = self.watches_on_look  # the first look starts the watching
+        self._unobserved = True  # the first look at the token starts the watching (see _observed)
         self._config = config
         self._receive = receive
         self._send = send
@@ -473,9 +471,10 @@ class WebSocketRequest(HttpRequest):
 
     given_up: ClassVar[Message] = {"type": "websocket.disconnect", "code": GOING_AWAY}
 
-    # No watching on the first look: a WebSocket app reads its messages itself, so the client's
-    # leaving reaches the token through that read (note()).
-    watches_on_look: ClassVar[bool] = False
+    def _observed(self, on_thread: bool = False) -> None:
+        # No watching on a look: a WebSocket app reads its messages itself, so the client's
+        # leaving reaches the token through that read (note()).
+        self._unobserved = False
 
     def absorbs(self, exc: BaseException) -> bool:
         if isinstance(self._reason, ClientDisconnected):

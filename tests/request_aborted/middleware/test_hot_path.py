@@ -193,13 +193,15 @@ class _CountingServer:
     def __init__(self) -> None:
         self.receives = 0
         self.gone = asyncio.Event()
+        self.first: Message = {"type": "http.request", "body": b"", "more_body": False}
+        self.last: Message = {"type": "http.disconnect"}  # once gone is set
 
     async def receive(self) -> Message:
         self.receives += 1
         if self.receives == 1:
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return self.first
         await self.gone.wait()
-        return {"type": "http.disconnect"}
+        return self.last
 
     async def send(self, message: Message) -> None:
         pass
@@ -227,23 +229,9 @@ def test_a_websocket_that_looks_at_its_token_starts_no_watcher() -> None:
     """A WebSocket app reads its messages itself: the client's leaving reaches the token through
     that read, so a look at the token starts no pump (which would read ahead of the app)."""
     reads_while_the_app_slept: list[int] = []
-
-    class Server:
-        def __init__(self) -> None:
-            self.receives = 0
-            self.gone = asyncio.Event()
-
-        async def receive(self) -> Message:
-            self.receives += 1
-            if self.receives == 1:
-                return {"type": "websocket.connect"}
-            await self.gone.wait()
-            return {"type": "websocket.disconnect", "code": 1000}
-
-        async def send(self, message: Message) -> None:
-            pass
-
-    server = Server()
+    server = _CountingServer()
+    server.first = {"type": "websocket.connect"}
+    server.last = {"type": "websocket.disconnect", "code": 1000}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
