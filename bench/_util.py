@@ -320,8 +320,9 @@ def source_revision() -> str:
 REVISION = source_revision()
 
 
-def environment(*packages: str) -> str:
-    """One line describing where the numbers come from."""
+def environment(*packages: str, pinned: bool = True) -> str:
+    """One line describing where the numbers come from. ``pinned``: whether the script runs a
+    server and a client on cores of their own (the in-process ones run neither)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -334,7 +335,7 @@ def environment(*packages: str) -> str:
     versions = f"request_aborted at {REVISION}, {versions}"
     pinning = (
         f"server pinned to CPU {SERVER_CPU}, client to CPU {CLIENT_CPU}"
-        if PINNING
+        if PINNING and pinned
         else "no CPU pinning"
     )
     return (

@@ -517,7 +517,8 @@ def report(args: argparse.Namespace, found: dict[str, Any]) -> str:
             "",
             f"reproduce: `{command_line()}`",
             "",
-            f"{environment('starlette', 'uvloop')}; loop {args.loop}; endpoint {args.endpoint}.",
+            f"{environment('starlette', 'uvloop', pinned=False)}; loop {args.loop}; "
+            f"endpoint {args.endpoint}.",
             "",
             f"{args.rounds} rounds of {args.requests} requests per variant, "
             f"{args.concurrency} in flight; process CPU time per request, median over rounds."
@@ -614,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     summary = results(found, candidates)
     if args.json:
-        summary["environment"] = environment("starlette", "uvloop")
+        summary["environment"] = environment("starlette", "uvloop", pinned=False)
         summary["command"] = command_line()
         summary["settings"] = {
             "rounds": args.rounds,

@@ -177,7 +177,7 @@ def report(args: argparse.Namespace, found: dict[str, float]) -> str:
             "",
             f"reproduce: `{command_line()}`",
             "",
-            f"{environment('starlette', 'uvloop')}; endpoint {args.endpoint}; "
+            f"{environment('starlette', 'uvloop', pinned=False)}; endpoint {args.endpoint}; "
             f"{args.requests} and {3 * args.requests} requests per child after {args.warmup}; "
             f"watch_delay scaled by {args.time_scale:g}.{candidates}",
             "",
