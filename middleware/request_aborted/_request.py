@@ -471,10 +471,9 @@ class WebSocketRequest(HttpRequest):
 
     given_up: ClassVar[Message] = {"type": "websocket.disconnect", "code": GOING_AWAY}
 
-    def _observed(self, on_thread: bool = False) -> None:
-        # No watching on a look: a WebSocket app reads its messages itself, so the client's
-        # leaving reaches the token through that read (note()).
-        self._unobserved = False
+    # A look is answered as a plain source answers it, with no watching: a WebSocket app reads
+    # its messages itself, so the client's leaving reaches the token through that read (note()).
+    _observed = CancellationTokenSource._observed
 
     def absorbs(self, exc: BaseException) -> bool:
         if isinstance(self._reason, ClientDisconnected):
