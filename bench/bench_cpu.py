@@ -257,10 +257,13 @@ def variants(
     only: Sequence[str] | None,
     candidates: Sequence[Candidate] = (),
     endpoint: Endpoint | None = None,
+    middleware: type | None = None,
 ) -> list[Variant]:
+    """The variants, (b) and (c) with ``middleware`` (default: ``RequestAbortedMiddleware``)."""
     from request_aborted import RequestAbortedMiddleware
 
     endpoint = endpoint or ENDPOINTS["plaintext"]
+    ours = middleware or RequestAbortedMiddleware
 
     found = [
         Variant("driver", "the driver alone (no Starlette)", _driver_app),
@@ -269,7 +272,7 @@ def variants(
         Variant(
             "b",
             "(b) the middleware, token unused",
-            _starlette(endpoint.plain, RequestAbortedMiddleware),
+            _starlette(endpoint.plain, ours),
         ),
         Variant(
             "a+sleep",
@@ -284,7 +287,7 @@ def variants(
         Variant(
             "c",
             "(c) the middleware, sleep(0) inside token.scope()",
-            _starlette(_token_endpoint(endpoint.token_path), RequestAbortedMiddleware),
+            _starlette(_token_endpoint(endpoint.token_path), ours),
         ),
     ]
     for candidate in candidates:

@@ -51,7 +51,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import apps
 import bench_cpu
 from _util import command_line, environment, table
 
@@ -61,25 +60,16 @@ DEFAULT_WATCH_DELAY = 0.001
 
 
 def _app(key: str, endpoint: str, watch_delay: float) -> Any:
-    """The variant's app, built as ``bench_cpu.py`` builds it, in this (child) process."""
+    """The variant's app as ``bench_cpu.py`` builds it, the middleware's with ``watch_delay``."""
     from request_aborted import RequestAbortedMiddleware
-
-    family = bench_cpu.ENDPOINTS[endpoint]
 
     class Scaled(RequestAbortedMiddleware):
         def __init__(self, app: Any) -> None:
             super().__init__(app, watch_delay=watch_delay)
 
-    handler = {
-        "a": (family.plain, None),
-        "h": (family.plain, apps._Floor),
-        "b": (family.plain, Scaled),
-        "a+sleep": (family.sleep, None),
-        "h'": (family.nothing, apps._Floor),
-        "c": (bench_cpu._token_endpoint(family.token_path), Scaled),
-    }
-    endpoint_function, middleware = handler[key]
-    return bench_cpu._starlette(endpoint_function, middleware)
+    family = bench_cpu.ENDPOINTS[endpoint]
+    (variant,) = bench_cpu.variants([key], endpoint=family, middleware=Scaled)
+    return variant.app
 
 
 async def _child(key: str, endpoint: str, requests: int, warmup: int, watch_delay: float) -> None:
@@ -122,8 +112,9 @@ def count(key: str, requests: int, args: argparse.Namespace, candidate: str | No
     return int(found.group(1))
 
 
-def measure(args: argparse.Namespace) -> dict[str, float]:
-    """Instructions per request of each variant (and each candidate's (b*N), (c*N))."""
+def measure(args: argparse.Namespace) -> dict[str, int]:
+    """Instructions per request of each variant (and each candidate's (b*N), (c*N)), rounded
+    here, so that a difference printed is the difference of the figures printed."""
     runs: list[tuple[str, str, str | None]] = [(key, key, None) for key in args.only]
     for number, folder in enumerate(args.candidate, 1):
         runs += [(f"{key}*{number}", key, folder) for key in SCALED_KEYS if key in args.only]
@@ -135,20 +126,13 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             for n in (low, high)
         }
         return {
-            name: (futures[name, high].result() - futures[name, low].result()) / (high - low)
+            name: round((futures[name, high].result() - futures[name, low].result()) / (high - low))
             for name, _, _ in runs
         }
 
 
-def report(args: argparse.Namespace, found: dict[str, float]) -> str:
-    labels = {
-        "a": "(a) bare Starlette",
-        "h": "(h) the floor, token unused",
-        "b": "(b) the middleware, token unused",
-        "a+sleep": "(a+sleep) bare, handler awaits sleep(0)",
-        "h'": "(h') the floor, sleep(0) inside a do-nothing async with",
-        "c": "(c) the middleware, sleep(0) inside token.scope()",
-    }
+def report(args: argparse.Namespace, found: dict[str, int]) -> str:
+    labels = {variant.key: variant.label for variant in bench_cpu.variants(None)}
     rows = []
     for name, value in found.items():
         key, _, number = name.partition("*")
@@ -230,9 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    unknown = set(args.only) - {"a", "h", "b", "a+sleep", "h'", "c"}
-    if unknown:
-        raise SystemExit(f"unknown variants: {', '.join(sorted(unknown))}")
+    bench_cpu.variants(args.only)  # refuses unknown keys before any child starts
     print(report(args, measure(args)))
 
 
